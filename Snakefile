@@ -1,0 +1,27 @@
+# avb-replication pipeline: train -> evaluate (AIS) -> report.  Default preset: config/quick.yaml
+# Other presets:  snakemake --cores N --configfile config/<preset>.yaml
+from pathlib import Path
+
+from snakemake.exceptions import WorkflowError
+
+from avb import config as avb_config
+
+configfile: "config/quick.yaml"
+
+try:
+    config = avb_config.validate(config, "config (see workflow/schemas/config.schema.yaml)")
+except avb_config.ConfigError as err:
+    raise WorkflowError(str(err))
+
+include: "workflow/rules/common.smk"
+include: "workflow/rules/train.smk"
+include: "workflow/rules/evaluate.smk"
+include: "workflow/rules/report.smk"
+
+
+rule all:
+    input:
+        f"{OUT}/summary.csv",
+        f"{OUT}/summary.md",
+        f"{OUT}/samples_and_curves.png",
+    default_target: True

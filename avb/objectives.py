@@ -1,0 +1,144 @@
+"""The three methods as objectives over one set of networks: VAE, AVB and AVB with adaptive contrast (AC).
+
+Each ``Method`` maps a batch x to a ``Step``: the primal loss (encoder + decoder), the adversary loss (None for the
+VAE) and per-example statistics. Scaling follows the official code: primal loss = (1/784) mean(recon + KL), where
+recon is the Bernoulli cross-entropy summed over pixels; the adversary loss is the mean logistic loss with
+(x, z~q) labelled 1 and (x, z~p) labelled 0.
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+import torch.nn.functional as F
+
+from .nets import X_DIM, Adversary, Decoder, GaussianEncoder, ImplicitEncoder, NoiseBasisEncoder
+
+METHODS = ("vae", "avb", "avb_ac")
+LOG_2PI = math.log(2 * math.pi)
+AC_VAR_FLOOR = 1e-4  # sigma = sqrt(Var[z|x] + 1e-4), as coded
+
+
+@dataclass
+class Step:
+    primal: torch.Tensor
+    adversary: torch.Tensor | None
+    recon: torch.Tensor          # [B] -log p(x|z)
+    kl: torch.Tensor             # [B] KL(q(z|x) || p(z)): analytic (VAE) or the adversary's estimate (AVB)
+    adv_accuracy: torch.Tensor | None = None
+
+    @property
+    def elbo(self) -> torch.Tensor:
+        return -self.recon - self.kl
+
+
+def log_normal(z: torch.Tensor, mean: torch.Tensor | float = 0.0, std: torch.Tensor | float = 1.0) -> torch.Tensor:
+    """log N(z; mean, diag std^2), summed over the last axis."""
+    std = torch.as_tensor(std, dtype=z.dtype, device=z.device)
+    zn = (z - mean) / std
+    return -0.5 * (zn * zn + 2 * torch.log(std) + LOG_2PI).expand_as(z).sum(-1)
+
+
+def gaussian_kl(mean: torch.Tensor, log_std: torch.Tensor) -> torch.Tensor:
+    """KL(N(mean, std^2) || N(0, I)) per row, analytic."""
+    return 0.5 * (mean * mean + torch.exp(2 * log_std) - 1.0 - 2 * log_std).sum(-1)
+
+
+class Method(nn.Module):
+    """A generative model (decoder), an encoder and, for AVB, an adversary, with one objective."""
+
+    name: str = ""
+
+    def __init__(self, z_dim: int, decoder: Decoder):
+        super().__init__()
+        self.z_dim = z_dim
+        self.decoder = decoder
+
+    def primal_parameters(self) -> list[nn.Parameter]:
+        return [p for n, p in self.named_parameters() if not n.startswith("adversary.")]
+
+    def adversary_parameters(self) -> list[nn.Parameter]:
+        adversary = getattr(self, "adversary", None)
+        return list(adversary.parameters()) if adversary is not None else []
+
+    def recon(self, x: torch.Tensor, z: torch.Tensor) -> torch.Tensor:
+        return -self.decoder.log_likelihood(x, z)
+
+    def forward(self, x: torch.Tensor) -> Step:  # pragma: no cover - abstract
+        raise NotImplementedError
+
+    def ais_init(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor] | None:
+        """(mean, std) of the Gaussian that AIS starts from, or None for the prior."""
+        return None
+
+
+class VAE(Method):
+    name = "vae"
+
+    def __init__(self, z_dim: int, decoder: Decoder, encoder: GaussianEncoder):
+        super().__init__(z_dim, decoder)
+        self.encoder = encoder
+
+    def forward(self, x: torch.Tensor) -> Step:
+        mean, log_std = self.encoder(x)
+        z = mean + torch.randn_like(mean) * torch.exp(log_std)
+        recon, kl = self.recon(x, z), gaussian_kl(mean, log_std)
+        return Step(primal=(recon + kl).mean() / X_DIM, adversary=None, recon=recon, kl=kl)
+
+    def ais_init(self, x):
+        mean, log_std = self.encoder(x)
+        return mean, torch.exp(log_std)
+
+
+class AVB(Method):
+    """AVB; with ``adaptive_contrast`` the adversary compares z_bar = (z - mu)/sigma against N(0, I)."""
+
+    def __init__(self, z_dim: int, decoder: Decoder, encoder: nn.Module, adversary: Adversary,
+                 adaptive_contrast: bool):
+        super().__init__(z_dim, decoder)
+        self.encoder, self.adversary, self.ac = encoder, adversary, adaptive_contrast
+        self.name = "avb_ac" if adaptive_contrast else "avb"
+
+    def encode(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None, torch.Tensor | None]:
+        """z ~ q(z|x) and, with AC, the stop-gradient moments (mu, sigma) of r(z|x)."""
+        if not self.ac:
+            return self.encoder(x), None, None
+        z, mean, var = self.encoder(x)
+        return z, mean.detach(), torch.sqrt(var.detach() + AC_VAR_FLOOR)
+
+    def forward(self, x: torch.Tensor) -> Step:
+        z, mu, sigma = self.encode(x)
+        z_bar = z if mu is None else (z - mu) / sigma
+        z_prior = torch.randn_like(z)
+        t_q, t_p = self.adversary(x, z_bar, z_prior)
+        kl = t_q
+        if mu is not None:  # KL = T(x, z_bar) + log r(z|x) - log p(z)
+            kl = t_q + log_normal(z, mu, sigma) - log_normal(z)
+        recon = self.recon(x, z)
+        adv = F.binary_cross_entropy_with_logits(t_q, torch.ones_like(t_q)) \
+            + F.binary_cross_entropy_with_logits(t_p, torch.zeros_like(t_p))
+        acc = 0.5 * ((t_q > 0).float().mean() + (t_p < 0).float().mean())
+        return Step(primal=(recon + kl).mean() / X_DIM, adversary=adv, recon=recon, kl=kl, adv_accuracy=acc)
+
+    def ais_init(self, x):
+        _, mu, sigma = self.encode(x)
+        return None if mu is None else (mu, sigma)
+
+
+def build(method: str, z_dim: int, *, arch: str = "mlp", hidden: int = 300, eps_dim: int = 32,
+          eps_nbasis: int = 16, adv_hidden: int = 1024, adv_embed: int = 8192, adv_layers: int = 3) -> Method:
+    """The networks and objective of ``method`` (vae, avb, avb_ac) for the ``mlp`` (official full0) family."""
+    if arch != "mlp":
+        raise ValueError(f"model.arch={arch!r} is not implemented yet; available: mlp")
+    decoder = Decoder(z_dim, hidden)
+    if method == "vae":
+        return VAE(z_dim, decoder, GaussianEncoder(z_dim, hidden))
+    adversary = Adversary(z_dim, adv_hidden, adv_embed, adv_layers)
+    if method == "avb":
+        return AVB(z_dim, decoder, ImplicitEncoder(z_dim, eps_dim, hidden), adversary, adaptive_contrast=False)
+    if method == "avb_ac":
+        return AVB(z_dim, decoder, NoiseBasisEncoder(z_dim, eps_dim, eps_nbasis, hidden), adversary,
+                   adaptive_contrast=True)
+    raise ValueError(f"unknown method {method!r}; expected one of {', '.join(METHODS)}")

@@ -1,0 +1,78 @@
+"""The Snakemake pipeline end to end on a tiny config, and config validation."""
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pandas as pd
+import pytest
+import yaml
+
+from avb import config as avb_config
+
+ROOT = Path(__file__).resolve().parent.parent
+BIN = Path(sys.executable).parent
+TINY = {
+    "preset": "tiny", "methods": ["vae", "avb", "avb_ac"], "z_dims": [2], "seeds": [0],
+    "model": {"hidden": 32, "eps_dim": 4, "eps_nbasis": 2, "adv_hidden": 16, "adv_embed": 16, "adv_layers": 1},
+    "train": {"steps": 20, "batch_size": 32, "checkpoint_every": 10, "log_every": 5, "device": "cpu"},
+    "eval": {"n_test": 8, "batch_size": 8, "ais_steps": 3, "ais_chains": 2, "elbo_samples": 1, "device": "cpu"},
+    "report": {"n_samples": 4},
+}
+
+
+def snakemake(workdir: Path, *args: str) -> subprocess.CompletedProcess:
+    env = {**os.environ, "PATH": f"{BIN}{os.pathsep}{os.environ['PATH']}"}
+    return subprocess.run([str(BIN / "snakemake"), "-s", str(ROOT / "Snakefile"), "-d", str(workdir),
+                           "--cores", "2", *args], capture_output=True, text=True, env=env, timeout=900)
+
+
+@pytest.mark.slow
+def test_pipeline_produces_summary_and_reruns_nothing(tmp_path):
+    cfg = tmp_path / "tiny.yaml"
+    cfg.write_text(yaml.safe_dump(TINY))
+    r = snakemake(tmp_path, "--configfile", str(cfg))
+    assert r.returncode == 0, r.stderr[-3000:]
+    out = tmp_path / "results" / "tiny"
+    df = pd.read_csv(out / "summary.csv")
+    assert sorted(df.method) == ["avb", "avb_ac", "vae"]
+    for col in ("method", "dataset", "z_dim", "seed", "log_px_ais", "elbo"):
+        assert col in df.columns
+    assert df[["log_px_ais", "elbo"]].notna().all().all()
+    assert (df.log_px_ais < 0).all() and (df.dataset == "mnist").all()
+    assert "| VAE (2-dim" in (out / "summary.md").read_text()
+    assert (out / "samples_and_curves.png").stat().st_size > 1000
+    # A completed pipeline has nothing left to do.
+    dry = snakemake(tmp_path, "--configfile", str(cfg), "-n")
+    assert dry.returncode == 0 and "Nothing to be done" in dry.stdout + dry.stderr
+    # Changing an eval setting reruns the evaluations and the report, not the training.
+    dry = snakemake(tmp_path, "--configfile", str(cfg), "-n", "--config", "eval={'ais_steps': 4}")
+    text = dry.stdout + dry.stderr
+    assert "evaluate" in text and "\ntrain " not in text.replace("rule train:", "").split("Job stats")[-1]
+
+
+def test_unknown_config_key_fails_naming_it_and_writes_nothing(tmp_path):
+    cfg = tmp_path / "bad.yaml"
+    cfg.write_text(yaml.safe_dump({**TINY, "train": {**TINY["train"], "stpes": 5}}))
+    r = snakemake(tmp_path, "--configfile", str(cfg), "-n")
+    assert r.returncode != 0
+    assert "stpes" in r.stdout + r.stderr
+    assert not (tmp_path / "results").exists()
+
+
+def test_schema_fills_defaults_and_rejects_bad_values():
+    cfg = avb_config.validate({"preset": "x"})
+    assert cfg["train"]["adam_beta1"] == 0.5 and cfg["eval"]["ais_steps"] == 1000 and cfg["eval"]["ais_chains"] == 5
+    with pytest.raises(avb_config.ConfigError, match=r"z_dims\.0"):
+        avb_config.validate({"preset": "x", "z_dims": [0]})
+    with pytest.raises(avb_config.ConfigError, match=r"methods\.0"):
+        avb_config.validate({"preset": "x", "methods": ["iwae"]})
+    run = avb_config.run_config(avb_config.validate(
+        {"preset": "x", "method_overrides": {"vae": {"train": {"lr": 1e-4, "batch_size": 64}}}}), "mnist", "vae", 8, 0)
+    assert run["train"]["lr"] == 1e-4 and run["train"]["batch_size"] == 64 and run["train"]["adam_beta1"] == 0.5
+
+
+@pytest.mark.parametrize("preset", sorted(p.name for p in (ROOT / "config").glob("*.yaml")))
+def test_shipped_presets_are_valid(preset):
+    avb_config.load(ROOT / "config" / preset)

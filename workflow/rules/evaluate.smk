@@ -1,0 +1,19 @@
+# Evaluation: AIS log p(x) per test image and the ELBO, with the preset's eval settings as a tracked param.
+
+rule evaluate:
+    input:
+        RUN + "/model.pt",
+    output:
+        per_image=RUN + "/eval_per_image.csv",
+        summary=RUN + "/eval.json",
+    params:
+        settings=lambda w: json.dumps(config["eval"], sort_keys=True),
+    log:
+        RUN + "/logs/evaluate.log",
+    threads: config["threads"]
+    resources:
+        mem_mb=4000,
+        runtime=60,
+    shell:
+        "avb evaluate {input} --settings '{params.settings}' --out-csv {output.per_image} "
+        "--out-json {output.summary} --threads {threads} > {log} 2>&1"
