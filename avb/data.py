@@ -201,14 +201,14 @@ def _download_file(url: str, path: Path) -> None:
     os.replace(tmp, path)
 
 
-_CACHE: dict[tuple[str, str | None], Splits] = {}
+_CACHE: dict[tuple[str, str | None, str | None], Splits] = {}
 
 
 def load(name: str, data_dir: str | os.PathLike | None = None) -> Splits:
     """Load (and memoise) the verified splits of dataset ``name``."""
     if name not in DATASETS:
         raise ValueError(f"unknown dataset {name!r}; expected one of {', '.join(DATASETS)}")
-    key = (name, str(data_dir) if data_dir else None)
+    key = (name, str(data_dir) if data_dir else None, os.environ.get("AVB_DATA_DIR"))
     if key not in _CACHE:
         _CACHE[key] = _load_static(data_dir) if name == "static_mnist" else _load_idx(name, data_dir)
     return _CACHE[key]
