@@ -130,7 +130,9 @@ class NoiseBasisEncoder(nn.Module):
         self.eps_dim, self.n_basis = eps_dim, n_basis
         self.body = mlp([X_DIM, hidden, hidden], nn.Softplus, out_act=nn.Softplus())
         self.z0 = linear(hidden, z_dim, init_std=1e-5)
-        self.a = linear(hidden, n_basis * z_dim)  # the m heads Linear_i stacked into one layer
+        self.a = linear(hidden, n_basis * z_dim)  # the m heads Linear_i stacked into one layer ...
+        for w in self.a.weight.data.view(n_basis, z_dim, hidden):
+            nn.init.xavier_uniform_(w)  # ... each initialised as its own Linear(hidden, z_dim), as coded
         self.v = ParallelMLPs(n_basis, [eps_dim, basis_hidden, basis_hidden, basis_hidden, z_dim], nn.ELU)
 
     def forward(self, x: torch.Tensor, eps: torch.Tensor | None = None):

@@ -14,9 +14,12 @@ import torch
 from torch import nn
 import torch.nn.functional as F
 
+from . import convnets
 from .nets import X_DIM, Adversary, Decoder, GaussianEncoder, ImplicitEncoder, NoiseBasisEncoder
 
 METHODS = ("vae", "avb", "avb_ac")
+ARCHS = ("mlp", "conv0", "conv1")
+ADV_ARCHS = ("conv0", "conv1")
 LOG_2PI = math.log(2 * math.pi)
 AC_VAR_FLOOR = 1e-4  # sigma = sqrt(Var[z|x] + 1e-4), as coded
 
@@ -95,7 +98,7 @@ class VAE(Method):
 class AVB(Method):
     """AVB; with ``adaptive_contrast`` the adversary compares z_bar = (z - mu)/sigma against N(0, I)."""
 
-    def __init__(self, z_dim: int, decoder: Decoder, encoder: nn.Module, adversary: Adversary,
+    def __init__(self, z_dim: int, decoder: Decoder, encoder: nn.Module, adversary: nn.Module,
                  adaptive_contrast: bool):
         super().__init__(z_dim, decoder)
         self.encoder, self.adversary, self.ac = encoder, adversary, adaptive_contrast
@@ -128,17 +131,31 @@ class AVB(Method):
 
 
 def build(method: str, z_dim: int, *, arch: str = "mlp", hidden: int = 300, eps_dim: int = 32,
-          eps_nbasis: int = 16, adv_hidden: int = 1024, adv_embed: int = 8192, adv_layers: int = 3) -> Method:
-    """The networks and objective of ``method`` (vae, avb, avb_ac) for the ``mlp`` (official full0) family."""
-    if arch != "mlp":
-        raise ValueError(f"model.arch={arch!r} is not implemented yet; available: mlp")
-    decoder = Decoder(z_dim, hidden)
+          eps_nbasis: int = 16, adv_arch: str = "conv0", adv_hidden: int = 1024, adv_embed: int = 8192,
+          adv_layers: int = 3, conv0_decoder_act: str = "relu") -> Method:
+    """The networks and objective of ``method`` (vae, avb, avb_ac).
+
+    ``arch`` picks the encoder and decoder family: ``mlp`` (official full0, width ``hidden``), ``conv0`` or ``conv1``
+    (see ``avb.convnets``; ``conv0_decoder_act`` is the conv0 decoder's hidden activation, relu as coded).
+    ``adv_arch`` picks the adversary independently, as the official scripts do: ``conv0`` (``avb.nets.Adversary``,
+    sized by ``adv_hidden``/``adv_embed``/``adv_layers``; every official MNIST script uses it) or ``conv1``.
+    """
+    if method not in METHODS:
+        raise ValueError(f"unknown method {method!r}; expected one of {', '.join(METHODS)}")
+    if arch not in ARCHS:
+        raise ValueError(f"unknown model.arch {arch!r}; expected one of {', '.join(ARCHS)}")
+    if adv_arch not in ADV_ARCHS:
+        raise ValueError(f"unknown model.adv_arch {adv_arch!r}; expected one of {', '.join(ADV_ARCHS)}")
+    mlp = arch == "mlp"
+    decoder = Decoder(z_dim, hidden) if mlp else convnets.decoder(arch, z_dim, conv0_decoder_act)
     if method == "vae":
-        return VAE(z_dim, decoder, GaussianEncoder(z_dim, hidden))
-    adversary = Adversary(z_dim, adv_hidden, adv_embed, adv_layers)
+        encoder = GaussianEncoder(z_dim, hidden) if mlp else convnets.GaussianConvEncoder(arch, z_dim)
+        return VAE(z_dim, decoder, encoder)
     if method == "avb":
-        return AVB(z_dim, decoder, ImplicitEncoder(z_dim, eps_dim, hidden), adversary, adaptive_contrast=False)
-    if method == "avb_ac":
-        return AVB(z_dim, decoder, NoiseBasisEncoder(z_dim, eps_dim, eps_nbasis, hidden), adversary,
-                   adaptive_contrast=True)
-    raise ValueError(f"unknown method {method!r}; expected one of {', '.join(METHODS)}")
+        encoder = ImplicitEncoder(z_dim, eps_dim, hidden) if mlp else convnets.ImplicitConvEncoder(arch, z_dim, eps_dim)
+    else:
+        encoder = NoiseBasisEncoder(z_dim, eps_dim, eps_nbasis, hidden) if mlp \
+            else convnets.NoiseBasisConvEncoder(arch, z_dim, eps_dim, eps_nbasis)
+    adversary = Adversary(z_dim, adv_hidden, adv_embed, adv_layers) if adv_arch == "conv0" \
+        else convnets.ConvAdversary(z_dim)
+    return AVB(z_dim, decoder, encoder, adversary, adaptive_contrast=method == "avb_ac")

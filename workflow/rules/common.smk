@@ -3,7 +3,7 @@ import itertools
 import json
 
 OUT = f"{config['results_dir']}/{config['preset']}"
-RUN = OUT + "/runs/{dataset}/{method}/z{z_dim}/seed{seed}"
+RUN = f"{OUT}/runs/{{dataset}}/{{method}}/z{{z_dim}}/seed{{seed}}"
 
 wildcard_constraints:
     dataset="|".join(config["datasets"]),
@@ -20,7 +20,7 @@ def sweep():
 
 
 def run_files(name):
-    return [(RUN + "/" + name).format(**w) for w in sweep()]
+    return [f"{RUN}/{name}".format(**w) for w in sweep()]
 
 
 def run_config(w):

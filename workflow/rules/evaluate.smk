@@ -2,14 +2,14 @@
 
 rule evaluate:
     input:
-        RUN + "/model.pt",
+        f"{RUN}/model.pt",
     output:
-        per_image=RUN + "/eval_per_image.csv",
-        summary=RUN + "/eval.json",
+        per_image=f"{RUN}/eval_per_image.csv",
+        summary=f"{RUN}/eval.json",
     params:
         settings=lambda w: json.dumps(config["eval"], sort_keys=True),
     log:
-        RUN + "/logs/evaluate.log",
+        f"{RUN}/logs/evaluate.log",
     threads: config["threads"]
     resources:
         mem_mb=4000,

@@ -6,13 +6,13 @@ rule report:
         models=run_files("model.pt"),
         metrics=run_files("train_metrics.csv"),
     output:
-        csv=OUT + "/summary.csv",
-        md=OUT + "/summary.md",
-        png=OUT + "/samples_and_curves.png",
+        csv=f"{OUT}/summary.csv",
+        md=f"{OUT}/summary.md",
+        png=f"{OUT}/samples_and_curves.png",
     params:
         n_samples=config["report"]["n_samples"],
     log:
-        OUT + "/logs/report.log",
+        f"{OUT}/logs/report.log",
     shell:
         "avb report --evals {input.evals} --models {input.models} --metrics {input.metrics} "
         "--out-csv {output.csv} --out-md {output.md} --out-png {output.png} "

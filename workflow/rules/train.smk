@@ -3,11 +3,11 @@
 
 rule run_config:
     output:
-        RUN + "/config.json",
+        f"{RUN}/config.json",
     params:
         run=run_config,
     log:
-        RUN + "/logs/run_config.log",
+        f"{RUN}/logs/run_config.log",
     run:
         from avb import io
         io.write_json(params.run, output[0])
@@ -15,12 +15,12 @@ rule run_config:
 
 rule train:
     input:
-        RUN + "/config.json",
+        f"{RUN}/config.json",
     output:
-        model=RUN + "/model.pt",
-        metrics=RUN + "/train_metrics.csv",
+        model=f"{RUN}/model.pt",
+        metrics=f"{RUN}/train_metrics.csv",
     log:
-        RUN + "/logs/train.log",
+        f"{RUN}/logs/train.log",
     threads: config["threads"]
     resources:
         mem_mb=4000,
