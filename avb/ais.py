@@ -1,8 +1,8 @@
 """Annealed importance sampling (Neal 2001) for log p(x) of a latent-variable model with prior N(0, I).
 
-Every image x chain pair is one row of a single batched tensor (processed in chunks of ``chunk_size`` rows).
-The path is geometric between the normalised initial density q0 (prior, or a Gaussian (mean, std) per image) and
-the unnormalised posterior p(x|z) p(z), so log Z0 = 0. As in the official code (``avb/validate/ais.py``):
+Every image x chain pair is one row of a single batched state; all rows advance through the transitions together
+(lock-step). The path is geometric between the normalised initial density q0 (prior, or a Gaussian (mean, std) per
+image) and the unnormalised posterior p(x|z) p(z), so log Z0 = 0. As in the official code (``avb/validate/ais.py``):
 
 * log w += (beta_{t+1} - beta_t) * [log p(x,z) - log q0(z)], then one HMC transition at beta_{t+1} (none after the
   last step);
@@ -10,11 +10,19 @@ the unnormalised posterior p(x|z) p(z), so log Z0 = 0. As in the official code (
 * the official leapfrog: half momentum step, L + 1 position updates with L full momentum steps between them, final
   half step (``leapfrog="official"``), or the textbook one with L position updates (``leapfrog="standard"``);
 * step adaptation ``official``: after each transition, eps /= 1.1 if the mean acceptance is < 0.6, eps *= 1.1 if
-  > 0.7; ``wu``: per-row eps, x1.02 / x0.98 towards an acceptance EMA (0.9) target of 0.65, clipped to [1e-4, 0.5];
-  ``none``: fixed eps.
+  > 0.7, with one eps per chain index k and the mean taken over the images of that chain -- exactly the official
+  code, which runs chain k as one sequential pass over the batch of images; ``wu``: per-row eps, x1.02 / x0.98
+  towards an acceptance EMA (0.9) target of 0.65, clipped to [1e-4, 0.5]; ``none``: fixed eps.
 
-One difference from the official code: it runs the chains one after another over a batch, so its adaptive step
-sees a batch-mean over images only; here the mean is over the images x chains of a chunk.
+Chunking. Only the gradient evaluations are chunked: ``max_rows`` (or its older name ``chunk_size``, or a
+``memory_mb`` budget converted to rows, see ``rows_for_memory``) caps the rows of image x chain pairs that go
+through the decoder at once. All random numbers are drawn for all rows at once from one CPU stream, and the step
+adaptation only sees per-chain / per-row statistics of the whole state, so the result is independent of the
+chunking: identical up to float rounding of batched matmuls (tested). The state held for all rows is small
+(z, momenta, gradients, weights: O(rows x z_dim)); x is repeated per chain only inside a chunk.
+
+Reverse AIS (``estimate_log_likelihood_reverse``) runs the same chain with the schedule reversed, from a given exact
+posterior sample; on data simulated from the model it gives a stochastic upper bound (BDMC, Grosse et al. 2015).
 """
 from __future__ import annotations
 
@@ -32,11 +40,12 @@ LogLik = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
 
 @dataclass
 class AISResult:
-    log_px: torch.Tensor          # [B] logmeanexp over chains
-    log_weights: torch.Tensor     # [B, K]
+    log_px: torch.Tensor          # [B] logmeanexp over chains (reverse AIS: minus logmeanexp, an upper bound)
+    log_weights: torch.Tensor     # [B, K] (reverse AIS: log weights of the reverse chain, estimates of -log p(x))
     ess: torch.Tensor             # [B] effective sample size of the normalised weights
-    accept_trace: list[float] = field(default_factory=list)  # mean acceptance per transition (first chunk)
-    eps_trace: list[float] = field(default_factory=list)
+    accept_trace: list[float] = field(default_factory=list)  # mean acceptance over all rows per transition
+    eps_trace: list[float] = field(default_factory=list)     # mean step size (before the per-dimension std scale)
+    max_rows: int = 0             # rows per gradient evaluation that were used
 
 
 def schedule_betas(n_steps: int, schedule: str = "linear", rad: float = 4.0) -> np.ndarray:
@@ -53,101 +62,186 @@ def schedule_betas(n_steps: int, schedule: str = "linear", rad: float = 4.0) -> 
     raise ValueError(f"unknown AIS schedule {schedule!r}; expected linear or sigmoid")
 
 
-def _log_normal(z, mean, std):
-    zn = (z - mean) / std
-    return -0.5 * (zn * zn + LOG_2PI).sum(-1) - torch.log(std).sum(-1)
-
-
 class _Target:
-    """log p(x, z) = log p(x|z) + log N(z; 0, I) and its gradient in z, for a fixed chunk of rows."""
+    """log p(x|z) and its z-gradient for all rows, ``max_rows`` rows at a time.
 
-    def __init__(self, log_likelihood: LogLik, x: torch.Tensor):
-        self.f, self.x = log_likelihood, x
+    Row r belongs to image r // k. Single chunk: x is repeated once and reused; several chunks: each chunk's x rows
+    are gathered when it is evaluated, so memory stays O(max_rows x x_dim).
+    """
+
+    def __init__(self, log_likelihood: LogLik, x: torch.Tensor, k: int, max_rows: int | None):
+        self.f, self.x, self.k = log_likelihood, x, k
+        self.rows = x.shape[0] * k
+        self.max_rows = self.rows if max_rows is None else max(1, min(self.rows, int(max_rows)))
+        self.x_full = x.repeat_interleave(k, dim=0) if self.max_rows == self.rows else None
+        self._ones: dict[int, torch.Tensor] = {}
+
+    def x_rows(self, start: int, stop: int) -> torch.Tensor:
+        if self.x_full is not None:
+            return self.x_full[start:stop]
+        if self.k == 1:
+            return self.x[start:stop]
+        return self.x.index_select(0, torch.arange(start, stop, device=self.x.device) // self.k)
+
+    def _eval(self, x: torch.Tensor, z: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """log p(x|z) and its z-gradient (the prior is added analytically by the caller)."""
+        with torch.enable_grad():
+            zg = z.detach().requires_grad_(True)
+            ll = self.f(x, zg)
+            ones = self._ones.get(ll.shape[0])  # d(sum ll)/dz without a sum node; cached per chunk size
+            if ones is None or ones.dtype != ll.dtype:
+                ones = self._ones[ll.shape[0]] = torch.ones_like(ll)
+            (grad,) = torch.autograd.grad(ll, zg, grad_outputs=ones)
+        return ll.detach(), grad
 
     def __call__(self, z: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        with torch.enable_grad():
-            z = z.detach().requires_grad_(True)
-            val = self.f(self.x, z) - 0.5 * (z * z).sum(-1) - 0.5 * z.shape[-1] * LOG_2PI
-            (grad,) = torch.autograd.grad(val.sum(), z)
-        return val.detach(), grad
+        if self.x_full is not None:
+            return self._eval(self.x_full, z)
+        vals, grads = [], []
+        for start in range(0, self.rows, self.max_rows):
+            stop = min(self.rows, start + self.max_rows)
+            v, g = self._eval(self.x_rows(start, stop), z[start:stop])
+            vals.append(v)
+            grads.append(g)
+        return torch.cat(vals), torch.cat(grads)
 
 
-def _chunk_ais(target: _Target, mean, std, betas, *, leapfrog_steps, leapfrog, eps0, adapt, generator, progress):
+def rows_for_memory(log_likelihood: LogLik, x: torch.Tensor, z_dim: int, memory_mb: float,
+                    probe_rows: tuple[int, int] = (4, 20), safety: float = 2.0) -> int:
+    """Rows per gradient evaluation that fit ``memory_mb`` MiB of autograd working set.
+
+    The bytes a row costs are measured, not guessed: ``log_likelihood`` runs forward on two probe sizes under
+    saved-tensor hooks that add up the tensors autograd keeps for the backward pass; the difference over the
+    difference in rows removes what does not grow with the rows (the weights). That is multiplied by ``safety``
+    (gradient buffers of the backward pass are about as large as the saved activations) and the row's own x and z
+    are added. An estimate: allocator overhead and fragmentation are not counted. Uses no random numbers.
+    """
+    if memory_mb <= 0:
+        raise ValueError(f"memory_mb must be > 0, got {memory_mb}")
+    n1, n2 = probe_rows
+    nbytes = []
+    for n in (n1, n2):
+        total = 0
+
+        def pack(t):
+            nonlocal total
+            total += t.numel() * t.element_size()
+            return t
+
+        idx = torch.arange(n, device=x.device) % x.shape[0]
+        z = torch.zeros(n, z_dim, device=x.device, dtype=x.dtype if x.is_floating_point() else torch.float32)
+        with torch.enable_grad(), torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+            zg = z.requires_grad_(True)
+            out = log_likelihood(x.index_select(0, idx), zg)
+        del out
+        nbytes.append(total)
+    per_row = max(0.0, (nbytes[1] - nbytes[0]) / (n2 - n1)) * safety
+    per_row += x[0].numel() * x.element_size() + 8 * z_dim * 4
+    return max(1, int(memory_mb * 2 ** 20 // per_row))
+
+
+def _anneal(target: _Target, mean, std, betas, z, *, k, leapfrog_steps, leapfrog, eps0, adapt, generator,
+            progress):
+    """Run AIS over ``betas`` (increasing: forward, decreasing: reverse) from the start state ``z`` (None: a draw
+    from q0). Returns log w per row and the traces.
+
+    With ll = log p(x|z), lp = log N(z; 0, I) and lq = log q0(z): log f_beta = (1 - beta) lq + beta (ll + lp), and
+    the HMC force grad U_beta(z) = A z - C - B grad ll with A = (1 - beta) / std^2 + beta, C = (1 - beta) mean / std^2,
+    B = beta; the leapfrog uses these per-transition coefficients premultiplied by the step (fewer ops per step).
+    """
     n, d = mean.shape
     dev = mean.device
 
     def randn(*shape):
         return torch.randn(*shape, generator=generator, device="cpu").to(dev)
 
-    z = mean + std * randn(n, d)
-    g, grad_g = target(z)
+    if z is None:
+        z = mean + std * randn(n, d)
+    inv_var = std.pow(-2)
+    m_iv = mean * inv_var
+    cq = -torch.log(std).sum(-1) - 0.5 * d * LOG_2PI
+    cp = -0.5 * d * LOG_2PI
+
+    def log_q0(z):
+        zc = z - mean
+        return cq - 0.5 * (zc * zc * inv_var).sum(-1)
+
+    def log_prior(z):
+        return cp - 0.5 * (z * z).sum(-1)
+
+    ll, grad = target(z)
+    lq, lp = log_q0(z), log_prior(z)
     logw = torch.zeros(n, device=dev)
-    eps = torch.full((n, 1), float(eps0), device=dev) if adapt == "wu" else float(eps0)
-    ema = torch.full((n,), 0.65, device=dev)
+    if adapt == "wu":
+        eps = torch.full((n, 1), float(eps0), device=dev)
+        ema = torch.full((n,), 0.65, device=dev)
+    elif adapt == "official":
+        eps_chain = torch.full((k,), float(eps0), device=dev)  # one eps per chain index, as in the official code
+        eps = eps_chain.repeat(n // k).unsqueeze(-1)
+    else:
+        eps = torch.tensor(float(eps0), device=dev)
     n_pos = leapfrog_steps + 1 if leapfrog == "official" else leapfrog_steps
     acc_trace, eps_trace = [], []
 
-    def log_q0(z):
-        return _log_normal(z, mean, std)
-
-    def grad_u(z, grad_g, beta):  # U_beta = -(1-beta) log q0 - beta log p(x,z)
-        return (1 - beta) * (z - mean) / std ** 2 - beta * grad_g
-
     for t in tqdm(range(len(betas) - 1), desc="AIS", disable=not progress, leave=False):
         b0, b1 = float(betas[t]), float(betas[t + 1])
-        logw += (b1 - b0) * (g - log_q0(z))
+        logw += (b1 - b0) * (ll + lp - lq)
         if t == len(betas) - 2:
             break
         step = eps * std
+        sa = step * ((1 - b1) * inv_var + b1)
+        neg_sc = step * (-(1 - b1) * m_iv)
+        sb = step * b1
+
+        def force(z, g):  # step * grad U_b1(z)
+            return torch.addcmul(torch.addcmul(neg_sc, sa, z), sb, g, value=-1.0)
+
         p0 = randn(n, d)
-        u_old = -(1 - b1) * log_q0(z) - b1 * g
-        zn, gn, grad_n = z, g, grad_g
-        p = p0 - 0.5 * step * grad_u(zn, grad_n, b1)
+        u_old = -(1 - b1) * lq - b1 * (ll + lp)
+        zn = z
+        p = torch.add(p0, force(zn, grad), alpha=-0.5)
         for i in range(n_pos):
-            zn = zn + step * p
-            gn, grad_n = target(zn)
+            zn = torch.addcmul(zn, step, p)
+            ll_n, grad_n = target(zn)
             if i < n_pos - 1:
-                p = p - step * grad_u(zn, grad_n, b1)
-        p = p - 0.5 * step * grad_u(zn, grad_n, b1)
-        u_new = -(1 - b1) * log_q0(zn) - b1 * gn
-        log_accept = (u_old + 0.5 * (p0 * p0).sum(-1)) - (u_new + 0.5 * (p * p).sum(-1))
+                p = p - force(zn, grad_n)
+        p = torch.add(p, force(zn, grad_n), alpha=-0.5)
+        lq_n, lp_n = log_q0(zn), log_prior(zn)
+        u_new = -(1 - b1) * lq_n - b1 * (ll_n + lp_n)
+        log_accept = (u_old - u_new) + 0.5 * (p0 * p0 - p * p).sum(-1)
         accept = torch.rand(n, generator=generator).to(dev) < torch.exp(log_accept)
         accept &= torch.isfinite(log_accept)
         a = accept.unsqueeze(-1)
-        z, g, grad_g = torch.where(a, zn, z), torch.where(accept, gn, g), torch.where(a, grad_n, grad_g)
-        rate = accept.float().mean().item()
-        acc_trace.append(rate)
+        z, grad = torch.where(a, zn, z), torch.where(a, grad_n, grad)
+        ll, lq, lp = torch.where(accept, ll_n, ll), torch.where(accept, lq_n, lq), torch.where(accept, lp_n, lp)
+        acc = accept.float()
+        acc_trace.append(acc.mean())  # tensors: no device sync inside the loop
         if adapt == "official":
-            eps = eps / 1.1 if rate < 0.6 else eps * 1.1 if rate > 0.7 else eps
-            eps_trace.append(eps)
+            rate = acc.view(n // k, k).mean(0)
+            eps_chain = torch.where(rate < 0.6, eps_chain / 1.1, torch.where(rate > 0.7, eps_chain * 1.1, eps_chain))
+            eps = eps_chain.repeat(n // k).unsqueeze(-1)
+            eps_trace.append(eps_chain.mean())
         elif adapt == "wu":
-            ema = 0.9 * ema + 0.1 * accept.float()
+            ema = 0.9 * ema + 0.1 * acc
             eps = torch.where((ema > 0.65).unsqueeze(-1), eps * 1.02, eps * 0.98).clamp(1e-4, 0.5)
-            eps_trace.append(eps.mean().item())
+            eps_trace.append(eps.mean())
         else:
             eps_trace.append(eps)
-    return logw, acc_trace, eps_trace
+    to_list = (lambda ts: torch.stack(ts).tolist()) if acc_trace else (lambda ts: [])
+    return logw, to_list(acc_trace), to_list(eps_trace)
 
 
-@torch.no_grad()
-def estimate_log_likelihood(log_likelihood: LogLik, x: torch.Tensor, z_dim: int, *, n_steps: int, n_chains: int,
-                            init: tuple[torch.Tensor, torch.Tensor] | None = None, schedule: str = "linear",
-                            leapfrog_steps: int = 10, generator: torch.Generator | None = None,
-                            eps: float = 0.01, adapt: str = "official", leapfrog: str = "official",
-                            chunk_size: int | None = None, progress: bool = False) -> AISResult:
-    """AIS estimate of log p(x) for each row of ``x`` ([B, ...]); see the module docstring.
-
-    ``log_likelihood(x_rep, z)`` returns log p(x|z) per row for x repeated per chain and z of shape [B*K, z_dim].
-    Rows are ordered image-major: row b*K + k is chain k of image b.
-    """
+def _check_options(adapt, leapfrog, n_chains):
     if adapt not in ("official", "wu", "none"):
         raise ValueError(f"unknown AIS step adaptation {adapt!r}; expected official, wu or none")
     if leapfrog not in ("official", "standard"):
         raise ValueError(f"unknown leapfrog {leapfrog!r}; expected official or standard")
     if n_chains < 1:
         raise ValueError(f"n_chains must be >= 1, got {n_chains}")
-    betas = schedule_betas(n_steps, schedule)
-    b, k = x.shape[0], n_chains
+
+
+def _initial(x, z_dim, k, init):
+    b = x.shape[0]
     if init is None:
         mean = torch.zeros(b, z_dim, device=x.device)
         std = torch.ones(b, z_dim, device=x.device)
@@ -156,23 +250,82 @@ def estimate_log_likelihood(log_likelihood: LogLik, x: torch.Tensor, z_dim: int,
         if mean.shape != (b, z_dim) or std.shape != (b, z_dim):
             raise ValueError(f"init must be (mean, std) of shape {(b, z_dim)}, got {tuple(mean.shape)}, "
                              f"{tuple(std.shape)}")
-    x_rep = x.repeat_interleave(k, dim=0)
-    mean, std = mean.repeat_interleave(k, dim=0), std.repeat_interleave(k, dim=0)
-    rows = b * k
-    chunk = rows if chunk_size is None else max(1, int(chunk_size))
-    logw = torch.empty(rows, device=x.device)
-    result = AISResult(log_px=torch.empty(0), log_weights=torch.empty(0), ess=torch.empty(0))
-    for start in range(0, rows, chunk):
-        sl = slice(start, min(rows, start + chunk))
-        lw, acc, eps_t = _chunk_ais(_Target(log_likelihood, x_rep[sl]), mean[sl], std[sl], betas,
-                                    leapfrog_steps=leapfrog_steps, leapfrog=leapfrog, eps0=eps, adapt=adapt,
-                                    generator=generator, progress=progress)
-        logw[sl] = lw
-        if start == 0:
-            result.accept_trace, result.eps_trace = acc, eps_t
-    lw = logw.view(b, k)
-    result.log_weights = lw
-    result.log_px = torch.logsumexp(lw, dim=1) - math.log(k)
+    return mean.repeat_interleave(k, dim=0), std.repeat_interleave(k, dim=0)
+
+
+def _max_rows(log_likelihood, x, z_dim, rows, chunk_size, max_rows, memory_mb):
+    caps = [int(c) for c in (chunk_size, max_rows) if c is not None]
+    if memory_mb is not None:
+        caps.append(rows_for_memory(log_likelihood, x, z_dim, memory_mb))
+    return max(1, min([rows, *caps]))
+
+
+def _result(lw: torch.Tensor, sign: float, acc, eps_t, max_rows) -> AISResult:
+    k = lw.shape[1]
+    log_px = sign * (torch.logsumexp(lw, dim=1) - math.log(k))
     wn = torch.softmax(lw, dim=1)
-    result.ess = 1.0 / (wn * wn).sum(1)
-    return result
+    return AISResult(log_px=log_px, log_weights=lw, ess=1.0 / (wn * wn).sum(1), accept_trace=acc, eps_trace=eps_t,
+                     max_rows=max_rows)
+
+
+@torch.no_grad()
+def estimate_log_likelihood(log_likelihood: LogLik, x: torch.Tensor, z_dim: int, *, n_steps: int, n_chains: int,
+                            init: tuple[torch.Tensor, torch.Tensor] | None = None, schedule: str = "linear",
+                            leapfrog_steps: int = 10, generator: torch.Generator | None = None,
+                            eps: float = 0.01, adapt: str = "official", leapfrog: str = "official",
+                            chunk_size: int | None = None, max_rows: int | None = None,
+                            memory_mb: float | None = None, progress: bool = False) -> AISResult:
+    """AIS estimate of log p(x) for each row of ``x`` ([B, ...]); see the module docstring.
+
+    ``log_likelihood(x_rep, z)`` returns log p(x|z) per row for x repeated per chain and z of shape [rows, z_dim].
+    Rows are ordered image-major: row b*K + k is chain k of image b. ``max_rows`` / ``chunk_size`` /
+    ``memory_mb`` cap the rows per gradient evaluation (the smallest cap wins); the result does not depend on them.
+    """
+    _check_options(adapt, leapfrog, n_chains)
+    betas = schedule_betas(n_steps, schedule)
+    k = n_chains
+    mean, std = _initial(x, z_dim, k, init)
+    rows = x.shape[0] * k
+    cap = _max_rows(log_likelihood, x, z_dim, rows, chunk_size, max_rows, memory_mb)
+    lw, acc, eps_t = _anneal(_Target(log_likelihood, x, k, cap), mean, std, betas, None, k=k,
+                             leapfrog_steps=leapfrog_steps, leapfrog=leapfrog, eps0=eps, adapt=adapt,
+                             generator=generator, progress=progress)
+    return _result(lw.view(x.shape[0], k), 1.0, acc, eps_t, cap)
+
+
+@torch.no_grad()
+def estimate_log_likelihood_reverse(log_likelihood: LogLik, x: torch.Tensor, z_posterior: torch.Tensor, *,
+                                    n_steps: int, n_chains: int = 1,
+                                    init: tuple[torch.Tensor, torch.Tensor] | None = None,
+                                    schedule: str = "linear", leapfrog_steps: int = 10,
+                                    generator: torch.Generator | None = None, eps: float = 0.01,
+                                    adapt: str = "official", leapfrog: str = "official",
+                                    chunk_size: int | None = None, max_rows: int | None = None,
+                                    memory_mb: float | None = None, progress: bool = False) -> AISResult:
+    """Reverse AIS: a stochastic upper bound on log p(x) from exact posterior samples (BDMC's reverse chain).
+
+    The chain starts at ``z_posterior`` ~ p(z|x) ([B, z_dim], shared by the K chains of an image, or
+    [B, K, z_dim]) and runs the forward chain's transitions with the schedule reversed (beta from 1 to 0), ending at
+    the normalised q0 (prior or ``init``). Each reverse weight is an unbiased estimate of q0's normaliser over
+    p(x)'s, i.e. of 1/p(x); Jensen makes -logmeanexp(log w_rev) a stochastic upper bound on log p(x). Exact
+    posterior samples are available for data simulated from the model (x ~ p(x|z), z ~ p(z): z is then an exact
+    draw from p(z|x)); on real data the bound is not valid (lxuechen/BDMC, Grosse et al. 2015).
+    ``log_weights`` are the reverse chain's log weights; ``log_px`` is the upper bound.
+    """
+    _check_options(adapt, leapfrog, n_chains)
+    b, k = x.shape[0], n_chains
+    z_dim = z_posterior.shape[-1]
+    if z_posterior.dim() == 2 and z_posterior.shape[0] == b:
+        z0 = z_posterior.repeat_interleave(k, dim=0)
+    elif z_posterior.dim() == 3 and z_posterior.shape[:2] == (b, k):
+        z0 = z_posterior.reshape(b * k, z_dim)
+    else:
+        raise ValueError(f"z_posterior must have shape {(b, 'z_dim')} or {(b, k, 'z_dim')}, "
+                         f"got {tuple(z_posterior.shape)}")
+    betas = schedule_betas(n_steps, schedule)[::-1].copy()
+    mean, std = _initial(x, z_dim, k, init)
+    cap = _max_rows(log_likelihood, x, z_dim, b * k, chunk_size, max_rows, memory_mb)
+    lw, acc, eps_t = _anneal(_Target(log_likelihood, x, k, cap), mean, std, betas, z0.to(mean), k=k,
+                             leapfrog_steps=leapfrog_steps, leapfrog=leapfrog, eps0=eps, adapt=adapt,
+                             generator=generator, progress=progress)
+    return _result(lw.view(b, k), -1.0, acc, eps_t, cap)

@@ -1,8 +1,12 @@
-"""Test-set evaluation of a trained model: AIS log p(x) per image, and the ELBO (or, for AVB, its estimate).
+"""Test-set evaluation of a trained model: AIS log p(x) per image, the ELBO (or, for AVB, its estimate) and the IWAE
+bound where the encoder has a density.
 
 The test images are dynamically binarised once with a fixed seed (the same draw for every model of a sweep), so all
 methods are scored on identical binary images. AVB's ELBO uses the adversary's KL estimate: it is not a bound, and
-the outputs say so (``elbo_is_bound``).
+the outputs say so (``elbo_is_bound``). The IWAE bound with ``iwae_samples`` samples (default 100) uses the proposal
+AIS starts from: the VAE encoder's Gaussian, AVB+AC's Gaussian r(z|x); plain AVB's implicit encoder has no density,
+so its IWAE is NaN and ``iwae_note`` says why. Optional ``ais_memory_mb`` caps the rows per decoder call of AIS and
+IWAE by a memory budget (no effect on the numbers; see ``avb.ais``).
 """
 from __future__ import annotations
 
@@ -16,7 +20,8 @@ import pandas as pd
 import torch
 
 from . import data, io
-from .ais import estimate_log_likelihood
+from .ais import estimate_log_likelihood, rows_for_memory
+from .bounds import IMPLICIT_NOTE, PROPOSAL_NOTES, iwae_bound
 from .objectives import Method
 from .train import load_model, resolve_device
 
@@ -35,14 +40,32 @@ def elbo_per_image(model: Method, x: torch.Tensor, n_samples: int) -> torch.Tens
     return torch.stack([model(x).elbo for _ in range(n_samples)]).mean(0)
 
 
+def iwae_per_image(model: Method, method: str, x: torch.Tensor, init: tuple[torch.Tensor, torch.Tensor] | None,
+                   k: int, generator: torch.Generator, max_rows: int | None = None) -> tuple[np.ndarray, str]:
+    """IWAE_k per image with the Gaussian ``init`` as proposal (``model.ais_init``), and a note on the proposal.
+
+    Plain AVB (init None) has an implicit encoder without a density: NaN and ``IMPLICIT_NOTE``, never a number.
+    """
+    if k <= 0:
+        return np.full(len(x), math.nan), "disabled (iwae_samples = 0)"
+    if init is None:
+        return np.full(len(x), math.nan), IMPLICIT_NOTE if method == "avb" else "no proposal density"
+    values = iwae_bound(model.decoder.log_likelihood, x, init[0], init[1], k, generator=generator,
+                        max_rows=4096 if max_rows is None else max_rows)
+    return values.cpu().numpy(), PROPOSAL_NOTES.get(method, "proposal: the Gaussian AIS starts from")
+
+
 def evaluate(model_path: str | Path, settings: dict[str, Any], out_csv: str | Path, out_json: str | Path,
              progress: bool = True) -> dict[str, Any]:
-    """Run AIS and the ELBO on the test subset; writes per-image CSV and a summary JSON atomically."""
+    """Run AIS, the ELBO and the IWAE bound on the test subset; writes per-image CSV and a summary JSON atomically."""
     device = resolve_device(settings["device"])
     model, run = load_model(model_path, device)
     torch.manual_seed(settings["seed"])
     x_all = test_images(run, settings["n_test"], settings["seed"]).to(device)
     gen = torch.Generator().manual_seed(settings["seed"] + 1)
+    iwae_gen = torch.Generator().manual_seed(settings["seed"] + 2)  # its own stream: AIS numbers stay as they were
+    iwae_k = int(settings["iwae_samples"])
+    memory_mb = settings["ais_memory_mb"]
     frames, t0 = [], time.perf_counter()
     for start in range(0, len(x_all), settings["batch_size"]):
         x = x_all[start:start + settings["batch_size"]]
@@ -52,12 +75,17 @@ def evaluate(model_path: str | Path, settings: dict[str, Any], out_csv: str | Pa
             model.decoder.log_likelihood, x, model.z_dim, n_steps=settings["ais_steps"],
             n_chains=settings["ais_chains"], init=init, schedule=settings["ais_schedule"],
             leapfrog_steps=settings["leapfrog_steps"], generator=gen, eps=settings["ais_eps"],
-            adapt=settings["ais_adapt"], leapfrog=settings["ais_leapfrog"], progress=progress)
+            adapt=settings["ais_adapt"], leapfrog=settings["ais_leapfrog"], memory_mb=memory_mb, progress=progress)
+        iwae_rows = None if memory_mb is None else rows_for_memory(model.decoder.log_likelihood, x, model.z_dim,
+                                                                   memory_mb)
+        iwae, iwae_note = iwae_per_image(model, run["method"], x, init, iwae_k, iwae_gen, iwae_rows)
         frames.append(pd.DataFrame({
             "image": np.arange(start, start + len(x)),
             "log_px_ais": res.log_px.cpu().numpy(),
             "ess": res.ess.cpu().numpy(),
             "elbo": elbo_per_image(model, x, settings["elbo_samples"]).cpu().numpy(),
+            "iwae": iwae,
+            "iwae_samples": iwae_k,
             "final_accept_rate": res.accept_trace[-1] if res.accept_trace else math.nan,
         }))
     per_image = pd.concat(frames, ignore_index=True)
@@ -71,6 +99,9 @@ def evaluate(model_path: str | Path, settings: dict[str, Any], out_csv: str | Pa
         "elbo": float(per_image.elbo.mean()),
         "elbo_se": float(per_image.elbo.std(ddof=1) / math.sqrt(n)) if n > 1 else math.nan,
         "elbo_is_bound": run["method"] == "vae",
+        "iwae": float(per_image.iwae.mean(skipna=False)),
+        "iwae_se": float(per_image.iwae.std(ddof=1, skipna=False) / math.sqrt(n)) if n > 1 else math.nan,
+        "iwae_samples": iwae_k, "iwae_note": iwae_note,
         "n_test": n, "ais_steps": settings["ais_steps"], "ais_chains": settings["ais_chains"],
         "ais_schedule": settings["ais_schedule"], "ais_adapt": settings["ais_adapt"],
         "ais_init": "prior" if run["method"] == "avb" else "encoder gaussian",

@@ -100,3 +100,14 @@ def test_checkpoint_of_another_config_is_not_resumed(tmp_path):
     a = tr.train(changed, tmp_path / "x", progress=False)
     b = tr.train(changed, tmp_path / "fresh", progress=False)
     assert same(weights(a), weights(b))
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("method", ["vae", "avb", "avb_ac"])
+def test_cuda_training_matches_cpu_start(tmp_path, method):
+    """device: cuda trains, and its first logged losses agree with the CPU run's up to float noise."""
+    import pandas as pd
+    tr.train(run_config(method, steps=5, device="cpu"), tmp_path / "cpu", progress=False)
+    tr.train(run_config(method, steps=5, device="cuda"), tmp_path / "cuda", progress=False)
+    a, b = (pd.read_csv(tmp_path / d / "train_metrics.csv") for d in ("cpu", "cuda"))
+    assert abs(a.recon.iloc[0] - b.recon.iloc[0]) < 0.05 * abs(a.recon.iloc[0])
