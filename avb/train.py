@@ -18,13 +18,13 @@ import math
 import os
 import time
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 import torch
 from tqdm.auto import tqdm
 
 from . import data, io
-from .objectives import Method, build
+from .objectives import Method, Step, build
 
 log = logging.getLogger("avb.train")
 METRIC_FIELDS = ["step", "loss_primal", "loss_adversary", "elbo", "recon", "kl", "adv_accuracy", "images_per_s"]
@@ -56,6 +56,47 @@ def _check_finite(step: int, **losses: torch.Tensor | None) -> None:
         if value is not None and not torch.isfinite(value).all():
             raise TrainingDiverged(f"step {step}: {name} = {value.item()} is not finite; training stopped, the last "
                                    f"good checkpoint is kept")
+
+
+def train_step(model: Method, x: torch.Tensor, opt_p: torch.optim.Optimizer, opt_a: torch.optim.Optimizer | None,
+               params_p: list[torch.nn.Parameter], params_a: list[torch.nn.Parameter], adversary_steps: int = 1,
+               next_batch: Callable[[], torch.Tensor] | None = None, step: int = 0) -> Step:
+    """One training iteration exactly as the loop runs it; returns the ``Step`` of the joint update.
+
+    One forward pass on ``x`` gives both losses; the adversary's gradient (w.r.t. ``params_a`` only) and the primal
+    gradient (w.r.t. ``params_p`` only) are taken from it and both Adam steps are applied together (the official
+    simultaneous update). With ``adversary_steps = k > 1`` the adversary then gets k - 1 further updates, each on a
+    fresh batch from ``next_batch``. A non-finite loss raises ``TrainingDiverged`` naming ``step`` (the 1-based
+    number of this iteration) before any parameter changes.
+    """
+    s = model(x)
+    losses = s.primal.detach() if s.adversary is None else torch.stack((s.primal.detach(), s.adversary.detach()))
+    if not bool(torch.isfinite(losses).all()):  # one check (one sync) for both losses; the error names the culprit
+        _check_finite(step, loss_primal=s.primal, loss_adversary=s.adversary)
+    opt_p.zero_grad(set_to_none=True)
+    if opt_a is not None:
+        opt_a.zero_grad(set_to_none=True)
+        s.adversary.backward(inputs=params_a, retain_graph=True)
+    s.primal.backward(inputs=params_p)
+    opt_p.step()
+    if opt_a is not None:
+        opt_a.step()
+        for _ in range(adversary_steps - 1):
+            extra = model(next_batch()).adversary
+            opt_a.zero_grad(set_to_none=True)
+            extra.backward(inputs=params_a)
+            opt_a.step()
+    return s
+
+
+def step_metrics(s: Step) -> dict[str, float]:
+    """The per-step metrics the loop logs (losses, batch means of ELBO, recon, KL; adversary accuracy), read from
+    the device in one transfer."""
+    with torch.no_grad():
+        vals = {"loss_primal": s.primal, "loss_adversary": s.adversary, "elbo": s.elbo.mean(),
+                "recon": s.recon.mean(), "kl": s.kl.mean(), "adv_accuracy": s.adv_accuracy}
+        keys = [k for k, v in vals.items() if v is not None]
+        return dict(zip(keys, torch.stack([vals[k].float() for k in keys]).tolist()))
 
 
 def train(run: dict[str, Any], out_dir: str | os.PathLike, progress: bool = True) -> Path:
@@ -106,29 +147,15 @@ def train(run: dict[str, Any], out_dir: str | os.PathLike, progress: bool = True
     acc: dict[str, float] = {}
     t_last, n_acc = time.perf_counter(), 0
     bar = tqdm(total=n_steps, initial=step, desc=f"train {model.name}", disable=not progress, mininterval=2.0)
+    model.train()
+    next_batch = batches.__next__
     while step < n_steps:
-        model.train()
-        s = model(next(batches))
-        _check_finite(step + 1, loss_primal=s.primal, loss_adversary=s.adversary)
-        opt_p.zero_grad(set_to_none=True)
-        if opt_a is not None:
-            opt_a.zero_grad(set_to_none=True)
-            s.adversary.backward(inputs=params_a, retain_graph=True)
-        s.primal.backward(inputs=params_p)
-        opt_p.step()
-        if opt_a is not None:
-            opt_a.step()
-            for _ in range(tr["adversary_steps"] - 1):
-                extra = model(next(batches)).adversary
-                opt_a.zero_grad(set_to_none=True)
-                extra.backward(inputs=params_a)
-                opt_a.step()
+        s = train_step(model, next_batch(), opt_p, opt_a, params_p, params_a, tr["adversary_steps"], next_batch,
+                       step=step + 1)
         step += 1
         n_acc += 1
-        for key, val in (("loss_primal", s.primal), ("loss_adversary", s.adversary), ("elbo", s.elbo.mean()),
-                         ("recon", s.recon.mean()), ("kl", s.kl.mean()), ("adv_accuracy", s.adv_accuracy)):
-            if val is not None:
-                acc[key] = acc.get(key, 0.0) + float(val.detach())
+        for key, val in step_metrics(s).items():
+            acc[key] = acc.get(key, 0.0) + val
         if step % log_every == 0 or step == n_steps:
             now = time.perf_counter()
             row = {"step": step, **{k: v / n_acc for k, v in acc.items()},

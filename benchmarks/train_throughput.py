@@ -1,0 +1,152 @@
+"""Training throughput: the project's step (``avb.train.train_step``) against a bare hand-written PyTorch loop.
+
+Both sides train the same networks (``avb.objectives.build``: arch mlp, the official full0 sizes, hidden 300,
+eps_dim 32, 16 basis vectors; adversary widths of ``config/quick.yaml``, adv_hidden 256, adv_embed 256, 3 layers),
+z = 8, batch 128, on random binary batches made up front (no dataset I/O on either side), one CPU thread.
+
+* project: each iteration is the body of the loop in ``avb.train.train``: ``train_step`` (one forward through the
+  method's ``Step``, the NaN guard, adversary backward with ``retain_graph``, primal backward, both Adam steps) and
+  ``step_metrics`` (the per-step metrics the loop logs); drawing the batch, the progress bar and the periodic
+  logging/checkpointing are left out (no I/O on either side).
+* bare: the same forward math written inline over the same modules (encoder, decoder, adversary), the same two
+  Adam optimisers and the same simultaneous update, and nothing else.
+
+Each side trains its own copy of the networks (same initial weights) with its own optimisers. The two sides run in
+alternating chunks of about ``--chunk`` seconds (which side goes first alternates too) for ``--rounds`` rounds after a
+warm-up, so that both see the same machine load; a method's overhead is the median over rounds of the paired ratio
+(project chunk time / bare chunk time) minus 1, and images/s come from the median chunk time of each side.
+
+Run: ``python benchmarks/train_throughput.py`` (about 30 s on one core). The last line printed is
+``train overhead vs bare loop: vae=<r> avb=<r> avb_ac=<r>``.
+"""
+from __future__ import annotations
+
+import argparse
+import copy
+import math
+import statistics
+import sys
+import time
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from avb.objectives import AC_VAR_FLOOR, build  # noqa: E402
+from avb.train import step_metrics, train_step  # noqa: E402
+
+METHODS = ("vae", "avb", "avb_ac")
+MODEL = {"arch": "mlp", "hidden": 300, "eps_dim": 32, "eps_nbasis": 16, "adv_hidden": 256, "adv_embed": 256,
+         "adv_layers": 3}
+Z_DIM, BATCH, X_DIM = 8, 128, 784
+LR, LR_ADV, BETAS = 1e-4, 1e-4, (0.5, 0.999)
+
+
+class Project:
+    """The project's iteration: ``train_step`` + ``step_metrics``, as in ``avb.train.train``."""
+
+    def __init__(self, model):
+        self.model = model.train()
+        self.params_p, self.params_a = model.primal_parameters(), model.adversary_parameters()
+        self.opt_p = torch.optim.Adam(self.params_p, lr=LR, betas=BETAS)
+        self.opt_a = torch.optim.Adam(self.params_a, lr=LR_ADV, betas=BETAS) if self.params_a else None
+
+    def step(self, x):
+        s = train_step(self.model, x, self.opt_p, self.opt_a, self.params_p, self.params_a, 1, None)
+        step_metrics(s)
+
+
+class Bare:
+    """A hand-written loop over the same modules: inline objective, two Adams, one simultaneous update."""
+
+    def __init__(self, model, method):
+        self.method = method
+        self.enc, self.dec = model.encoder, model.decoder
+        self.adv = getattr(model, "adversary", None)
+        self.params_a = list(self.adv.parameters()) if self.adv is not None else []
+        self.params_p = list(self.enc.parameters()) + list(self.dec.parameters())
+        self.opt_p = torch.optim.Adam(self.params_p, lr=LR, betas=BETAS)
+        self.opt_a = torch.optim.Adam(self.params_a, lr=LR_ADV, betas=BETAS) if self.adv is not None else None
+        model.train()
+
+    def losses(self, x):
+        if self.method == "vae":
+            mean, log_std = self.enc(x)
+            z = mean + torch.randn_like(mean) * torch.exp(log_std)
+            kl = 0.5 * (mean * mean + torch.exp(2 * log_std) - 1.0 - 2 * log_std).sum(-1)
+            recon = F.binary_cross_entropy_with_logits(self.dec(z), x, reduction="none").sum(-1)
+            return (recon + kl).mean() / X_DIM, None
+        if self.method == "avb":
+            z = self.enc(x)
+            t_q, t_p = self.adv(x, z, torch.randn_like(z))
+            kl = t_q
+        else:
+            z, mean, var = self.enc(x)
+            mu, sigma = mean.detach(), torch.sqrt(var.detach() + AC_VAR_FLOOR)
+            z_bar = (z - mu) / sigma
+            t_q, t_p = self.adv(x, z_bar, torch.randn_like(z))
+            kl = t_q - 0.5 * (z_bar * z_bar + 2 * torch.log(sigma) - z * z).sum(-1)  # + log r(z|x) - log p(z)
+        recon = F.binary_cross_entropy_with_logits(self.dec(z), x, reduction="none").sum(-1)
+        adv = F.binary_cross_entropy_with_logits(t_q, torch.ones_like(t_q)) \
+            + F.binary_cross_entropy_with_logits(t_p, torch.zeros_like(t_p))
+        return (recon + kl).mean() / X_DIM, adv
+
+    def step(self, x):
+        primal, adv = self.losses(x)
+        self.opt_p.zero_grad(set_to_none=True)
+        if adv is not None:
+            self.opt_a.zero_grad(set_to_none=True)
+            adv.backward(inputs=self.params_a, retain_graph=True)
+        primal.backward(inputs=self.params_p)
+        self.opt_p.step()
+        if adv is not None:
+            self.opt_a.step()
+
+
+def chunk(side, xs, n):
+    t = time.perf_counter()
+    for i in range(n):
+        side.step(xs[i % len(xs)])
+    return time.perf_counter() - t
+
+
+def main(argv=None):
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--rounds", type=int, default=15, help="timed rounds per method (default 15)")
+    ap.add_argument("--chunk", type=float, default=0.25,
+                    help="seconds per timed chunk (default 0.25); the iteration count is set from the warm-up")
+    ap.add_argument("--warmup", type=int, default=20, help="untimed iterations per side first (default 20)")
+    ap.add_argument("--methods", nargs="+", default=list(METHODS), choices=METHODS)
+    a = ap.parse_args(argv)
+    torch.set_num_threads(1)
+    torch.manual_seed(0)
+    xs = [torch.bernoulli(torch.full((BATCH, X_DIM), 0.5)) for _ in range(4)]
+    print(f"torch {torch.__version__}, 1 thread; batch {BATCH}, z {Z_DIM}, {MODEL}; "
+          f"{a.rounds} rounds of ~{a.chunk} s chunks per side", flush=True)
+    overhead = {}
+    for method in a.methods:
+        torch.manual_seed(1)
+        model = build(method, Z_DIM, **MODEL)
+        proj, bare = Project(model), Bare(copy.deepcopy(model), method)
+        chunk(proj, xs, a.warmup)
+        steps = max(3, round(a.chunk * a.warmup / chunk(bare, xs, a.warmup)))
+        t_proj, t_bare = [], []
+        for r in range(a.rounds):
+            order = (("p", proj), ("b", bare)) if r % 2 == 0 else (("b", bare), ("p", proj))
+            for tag, side in order:
+                (t_proj if tag == "p" else t_bare).append(chunk(side, xs, steps))
+        ratio = statistics.median(p / b for p, b in zip(t_proj, t_bare))
+        overhead[method] = ratio - 1.0
+        ips_p = steps * BATCH / statistics.median(t_proj)
+        ips_b = steps * BATCH / statistics.median(t_bare)
+        print(f"{method:7s} ({steps} steps/chunk) project {ips_p:8.1f} images/s   bare {ips_b:8.1f} images/s   "
+              f"median paired time ratio {ratio:.3f} (min/max {min(p / b for p, b in zip(t_proj, t_bare)):.3f}/"
+              f"{max(p / b for p, b in zip(t_proj, t_bare)):.3f})", flush=True)
+        assert all(math.isfinite(v) for v in step_metrics(proj.model(xs[0])).values())
+    print("train overhead vs bare loop: " + " ".join(f"{m}={overhead[m]:.2f}" for m in a.methods), flush=True)
+
+
+if __name__ == "__main__":
+    main()
