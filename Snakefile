@@ -17,6 +17,8 @@ include: "workflow/rules/common.smk"
 include: "workflow/rules/train.smk"
 include: "workflow/rules/evaluate.smk"
 include: "workflow/rules/report.smk"
+include: "workflow/rules/toy.smk"
+include: "workflow/rules/schools.smk"
 
 
 rule all:
@@ -24,4 +26,6 @@ rule all:
         f"{OUT}/summary.csv",
         f"{OUT}/summary.md",
         f"{OUT}/samples_and_curves.png",
+        TOY_TARGETS,
+        SCHOOLS_TARGETS,
     default_target: True
