@@ -53,6 +53,7 @@ class Method(nn.Module):
     """A generative model (decoder), an encoder and, for AVB, an adversary, with one objective."""
 
     name: str = ""
+    loss_scale: float = 1.0 / X_DIM  # the official code divides the primal loss by the number of pixels
 
     def __init__(self, z_dim: int, decoder: Decoder):
         super().__init__()
@@ -88,7 +89,7 @@ class VAE(Method):
         mean, log_std = self.encoder(x)
         z = mean + torch.randn_like(mean) * torch.exp(log_std)
         recon, kl = self.recon(x, z), gaussian_kl(mean, log_std)
-        return Step(primal=(recon + kl).mean() / X_DIM, adversary=None, recon=recon, kl=kl)
+        return Step(primal=(recon + kl).mean() * self.loss_scale, adversary=None, recon=recon, kl=kl)
 
     def ais_init(self, x):
         mean, log_std = self.encoder(x)
@@ -123,7 +124,7 @@ class AVB(Method):
         adv = F.binary_cross_entropy_with_logits(t_q, torch.ones_like(t_q)) \
             + F.binary_cross_entropy_with_logits(t_p, torch.zeros_like(t_p))
         acc = 0.5 * ((t_q > 0).float().mean() + (t_p < 0).float().mean())
-        return Step(primal=(recon + kl).mean() / X_DIM, adversary=adv, recon=recon, kl=kl, adv_accuracy=acc)
+        return Step(primal=(recon + kl).mean() * self.loss_scale, adversary=adv, recon=recon, kl=kl, adv_accuracy=acc)
 
     def ais_init(self, x):
         _, mu, sigma = self.encode(x)

@@ -18,7 +18,7 @@ import math
 import os
 import time
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, Protocol
 
 import torch
 from tqdm.auto import tqdm
@@ -100,9 +100,7 @@ def step_metrics(s: Step) -> dict[str, float]:
 
 
 def train(run: dict[str, Any], out_dir: str | os.PathLike, progress: bool = True) -> Path:
-    """Train one run described by the resolved run config ``run``; returns the path of the final model file."""
-    out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
+    """Train one image-model run described by the resolved run config ``run``; returns the final model file."""
     tr = run["train"]
     device = resolve_device(tr["device"])
     torch.manual_seed(run["seed"])
@@ -111,6 +109,30 @@ def train(run: dict[str, Any], out_dir: str | os.PathLike, progress: bool = True
     print(f"[avb] {run['dataset']}: data from {splits.source}", flush=True)
     batches = data.Batches(splits, "train", tr["batch_size"], data_gen, device)
     model = build_model(run).to(device)
+    return fit(model, batches, data_gen, run, out_dir, progress)
+
+
+class BatchSource(Protocol):
+    """An endless iterator of training batches whose position can be saved and restored."""
+
+    def __next__(self) -> torch.Tensor: ...
+    def state_dict(self) -> dict: ...
+    def load_state_dict(self, state: dict) -> None: ...
+
+
+def fit(model: Method, batches: BatchSource, data_gen: torch.Generator, run: dict[str, Any],
+        out_dir: str | os.PathLike, progress: bool = True) -> Path:
+    """The training loop shared by every experiment (MNIST-type runs, the toy, eight schools).
+
+    ``run`` is the JSON-able description of the run (it must hold the ``train`` section); a checkpoint in
+    ``out_dir`` is resumed only if it was written for an identical ``run``. ``data_gen`` is the generator that
+    ``batches`` draws from; its state is checkpointed with the global torch RNG. Seed the global RNG before
+    building ``model``.
+    """
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    tr = run["train"]
+    device = next(model.parameters()).device
     opt_p, opt_a = make_optimizers(model, tr)
 
     ckpt_path, metrics_path = out / "checkpoint.pt", out / "train_metrics.csv"
@@ -162,7 +184,7 @@ def train(run: dict[str, Any], out_dir: str | os.PathLike, progress: bool = True
                    "images_per_s": n_acc * tr["batch_size"] / (now - t_last)}
             rows.append({k: row.get(k, math.nan) for k in METRIC_FIELDS})
             acc, t_last, n_acc = {}, now, 0
-            bar.set_postfix(elbo=f"{row['elbo']:.1f}")
+            bar.set_postfix(elbo=f"{row.get('elbo', math.nan):.1f}")
         if step % tr["checkpoint_every"] == 0 or step == n_steps:
             save_checkpoint()
             write_metrics(rows, metrics_path)
