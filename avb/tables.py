@@ -10,7 +10,8 @@ from . import io
 
 COLUMNS = ["method", "dataset", "binarization", "arch", "z_dim", "seed", "train_steps", "log_px_ais", "log_px_ais_se",
            "elbo", "elbo_se", "gap", "elbo_is_bound", "iwae", "iwae_se", "iwae_samples", "iwae_note", "n_test",
-           "ais_steps", "ais_chains", "ais_schedule", "ais_adapt", "ais_init", "mean_ess", "eval_seconds"]
+           "ais_steps", "ais_chains", "ais_schedule", "ais_adapt", "ais_init", "mean_ess", "bdmc_images", "bdmc_lower", "bdmc_upper", "bdmc_width", "bdmc_width_se",
+           "eval_seconds"]
 METHOD_ORDER = {"vae": 0, "avb": 1, "avb_ac": 2}
 LABELS = {"vae": "VAE", "avb": "AVB", "avb_ac": "AVB + AC"}
 
