@@ -1,4 +1,5 @@
-"""Summary tables: one tidy CSV row per run and a Markdown rendering of it."""
+"""Summary tables: one tidy CSV row per run, its Markdown rendering, and the Table 2 replica (mean and 95 % CI
+over seeds, beside the published values) in Markdown and LaTeX."""
 from __future__ import annotations
 
 import json
@@ -10,8 +11,8 @@ from . import io
 
 COLUMNS = ["method", "dataset", "binarization", "arch", "z_dim", "seed", "train_steps", "log_px_ais", "log_px_ais_se",
            "elbo", "elbo_se", "gap", "elbo_is_bound", "iwae", "iwae_se", "iwae_samples", "iwae_note", "n_test",
-           "ais_steps", "ais_chains", "ais_schedule", "ais_adapt", "ais_init", "mean_ess", "bdmc_images", "bdmc_lower", "bdmc_upper", "bdmc_width", "bdmc_width_se",
-           "eval_seconds"]
+           "ais_steps", "ais_chains", "ais_schedule", "ais_adapt", "ais_init", "mean_ess", "bdmc_images",
+           "bdmc_lower", "bdmc_upper", "bdmc_width", "bdmc_width_se", "eval_seconds"]
 METHOD_ORDER = {"vae": 0, "avb": 1, "avb_ac": 2}
 LABELS = {"vae": "VAE", "avb": "AVB", "avb_ac": "AVB + AC"}
 
@@ -60,3 +61,97 @@ def write(eval_jsons: list[str | Path], out_csv: str | Path, out_md: str | Path)
     io.write_csv(df, out_csv)
     io.write_text(markdown(df), out_md)
     return df
+
+
+# Table 2 of the paper as recalled in ../shared/docs/avb-reference.md section 1.3: NOT verified against the PDF.
+# Keys (method, z_dim); values are strings as printed there ("≈": AVB's ELBO uses the adversary's KL estimate).
+PUBLISHED_TABLE2 = {
+    ("vae", 8): {"log_px": "−98.1 ± 0.5", "elbo": "−100.8 ± 0.4", "gap": "2.7 ± 0.5"},
+    ("vae", 32): {"log_px": "−87.2 ± 0.3", "elbo": "−89.4 ± 0.3", "gap": "2.2 ± 0.2"},
+    ("avb", 8): {"log_px": "≈ −83.6 ± 0.4", "elbo": "?", "gap": "?"},
+    ("avb_ac", 8): {"log_px": "≈ −96.3 ± 0.4", "elbo": "?", "gap": "?"},
+    ("avb_ac", 32): {"log_px": "≈ −79.5 ± 0.3", "elbo": "≈ −80.2 ± 0.4", "gap": "≈ 0.7 ± 0.5"},
+}
+PUBLISHED_NOTE = ("published: AVB paper Table 2 (conv nets, 2.5M steps, dynamic binarisation, AIS 1000 steps × 5 "
+                  "chains on 2048 test images), as reported, unverified against the PDF")
+GROUP = ["method", "arch", "dataset", "binarization", "z_dim", "train_steps", "n_test", "ais_steps", "ais_chains",
+         "ais_schedule", "ais_init", "elbo_is_bound"]
+
+
+def aggregate(df: pd.DataFrame) -> pd.DataFrame:
+    """Mean and 95 % Student-t confidence half-width over seeds of log p(x), ELBO and gap, per configuration."""
+    from scipy import stats
+
+    rows = []
+    for key, g in df.groupby(GROUP, sort=False, dropna=False):
+        row = dict(zip(GROUP, key), n_seeds=len(g), seeds=" ".join(str(s) for s in sorted(g.seed)))
+        for col in ("log_px_ais", "elbo", "gap", "iwae"):
+            vals = g[col].astype(float)
+            row[col] = vals.mean()
+            n = vals.notna().sum()
+            row[f"{col}_ci95"] = (stats.t.ppf(0.975, n - 1) * vals.std(ddof=1) / n ** 0.5) if n > 1 else float("nan")
+        rows.append(row)
+    return pd.DataFrame(rows)
+
+
+def _pm(mean: float, half: float, approx: bool = False) -> str:
+    if pd.isna(mean):
+        return "n/a"
+    text = f"{mean:.2f}" if pd.isna(half) else f"{mean:.2f} ± {half:.2f}"
+    return ("≈ " if approx else "") + text.replace("-", "−")
+
+
+def table2_rows(agg: pd.DataFrame) -> list[dict[str, str]]:
+    """One row per configuration with our numbers and, where the paper has the row, the published ones."""
+    out = []
+    for r in agg.sort_values(["dataset", "method", "z_dim"], key=lambda s: s.map(METHOD_ORDER)
+                             if s.name == "method" else s).itertuples():
+        pub = PUBLISHED_TABLE2.get((r.method, r.z_dim)) if r.dataset == "mnist" else None
+        approx = not r.elbo_is_bound
+        out.append({
+            "model": f"{LABELS[r.method]} ({r.z_dim}-dim)",
+            "setup": f"{r.arch}, {r.train_steps} steps, {r.dataset} ({r.binarization} binarisation)",
+            "seeds": f"{r.n_seeds}",
+            "log_px": _pm(r.log_px_ais, r.log_px_ais_ci95),
+            "elbo": _pm(r.elbo, r.elbo_ci95, approx),
+            "gap": _pm(r.gap, r.gap_ci95, approx),
+            "estimator": f"AIS {r.ais_steps} steps × {r.ais_chains} chains ({r.ais_schedule}, start: {r.ais_init}), "
+                         f"{r.n_test} test images",
+            "published": (f"{pub['log_px']} / {pub['elbo']} / {pub['gap']}" if pub else "not in the paper"),
+        })
+    return out
+
+
+def table2_markdown(agg: pd.DataFrame) -> str:
+    head = ["model", "setup", "seeds", "log p(x) (AIS)", "ELBO", "gap", "estimator",
+            "published log p(x) / ELBO / gap (unverified)"]
+    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    for r in table2_rows(agg):
+        lines.append("| " + " | ".join(r[k] for k in ("model", "setup", "seeds", "log_px", "elbo", "gap",
+                                                          "estimator", "published")) + " |")
+    lines += ["", "Ours: mean over seeds ± 95 % Student-t half-width (no ± with one seed). ≈: AVB's ELBO and gap use "
+              "the adversary's KL estimate and are not bounds. " + PUBLISHED_NOTE + "."]
+    return "\n".join(lines) + "\n"
+
+
+def _tex(text: str) -> str:
+    return (text.replace("±", r"$\pm$").replace("≈", r"$\approx$").replace("−", "-").replace("×", r"$\times$")
+            .replace("%", r"\%").replace("_", r"\_"))
+
+
+def table2_latex(agg: pd.DataFrame) -> str:
+    lines = [r"\begin{tabular}{llllll}", r"\toprule",
+             r"model & setup & $\log p(x)$ (AIS) & ELBO & gap & published (unverified) \\", r"\midrule"]
+    for r in table2_rows(agg):
+        lines.append(" & ".join(_tex(r[k]) for k in ("model", "setup", "log_px", "elbo", "gap", "published"))
+                     + r" \\")
+    lines += [r"\bottomrule", r"\end{tabular}"]
+    return "\n".join(lines) + "\n"
+
+
+def write_table2(df: pd.DataFrame, out_csv: str | Path, out_md: str | Path, out_tex: str | Path) -> pd.DataFrame:
+    agg = aggregate(df)
+    io.write_csv(agg, out_csv)
+    io.write_text(table2_markdown(agg), out_md)
+    io.write_text(table2_latex(agg), out_tex)
+    return agg
