@@ -1,5 +1,7 @@
 # avb-replication pipeline: train -> evaluate (AIS) -> report.  Default preset: config/quick.yaml
 # Other presets:  snakemake --cores N --configfile config/<preset>.yaml
+# Profiles:       --profile workflow/profiles/default (local) or workflow/profiles/slurm (SLURM cluster)
+# Report:         snakemake --report results/<preset>/report.html [--configfile config/<preset>.yaml]
 from pathlib import Path
 
 from snakemake.exceptions import WorkflowError
@@ -7,6 +9,7 @@ from snakemake.exceptions import WorkflowError
 from avb import config as avb_config
 
 configfile: "config/quick.yaml"
+report: "workflow/report/workflow.rst"
 
 try:
     config = avb_config.validate(config, "config (see workflow/schemas/config.schema.yaml)")

@@ -44,6 +44,33 @@ def main(argv: list[str] | None = None) -> int:
     r.add_argument("--out-png", required=True)
     r.add_argument("--n-samples", type=int, default=64)
 
+    s = sub.add_parser("schools", help="eight-schools experiment: gold-standard HMC, ADVI / AVB fits, report")
+    ss = s.add_subparsers(dest="schools_cmd", required=True)
+    sg = ss.add_parser("gold", help="gold-standard HMC chains and their diagnostics")
+    sg.add_argument("--settings", default="{}", help="JSON of the config's schools section (unset keys: defaults)")
+    sg.add_argument("--out-npz", required=True)
+    sg.add_argument("--out-json", required=True)
+    sg.add_argument("--threads", type=int)
+    sf = ss.add_parser("fit", help="train one method (avb.train.fit) and draw its posterior samples")
+    sf.add_argument("--method", required=True, choices=["advi_meanfield", "advi_fullrank", "avb", "avb_ac"])
+    sf.add_argument("--settings", default="{}", help="JSON of the config's schools section (unset keys: defaults)")
+    sf.add_argument("--out", required=True, help="run folder: model.pt, checkpoint.pt, train_metrics.csv, "
+                    "samples.npz, fit.json")
+    sf.add_argument("--threads", type=int)
+    sr = ss.add_parser("report", help="summary CSV / Markdown, per-parameter CSV and the (mu, tau) figure")
+    sr.add_argument("--gold-npz", required=True)
+    sr.add_argument("--gold-json", required=True)
+    sr.add_argument("--fits", nargs="*", default=[], help="run folders of `avb schools fit`")
+    sr.add_argument("--settings", default="{}")
+    sr.add_argument("--out-csv", required=True)
+    sr.add_argument("--out-md", required=True)
+    sr.add_argument("--out-params", required=True)
+    sr.add_argument("--out-fig", required=True, help="figure path; written as .png and .pdf")
+    sr.add_argument("--threads", type=int)
+
+    from .toy import add_cli_arguments as _toy_arguments
+    _toy_arguments(sub.add_parser("toy", help="four-image toy experiment: train / evaluate (exact log p(x)) / report"))
+
     c = sub.add_parser("check-config", help="validate a preset config and print it with defaults filled in")
     c.add_argument("config")
 
@@ -73,6 +100,24 @@ def main(argv: list[str] | None = None) -> int:
                     for m, x in zip(a.models, a.metrics)]
             figures.samples_and_curves(runs, a.out_png, a.n_samples)
             print(tables.markdown(df))
+        elif a.cmd == "schools":
+            from . import schools
+            from .config import validate
+            _threads(a.threads)
+            settings = validate({"preset": "cli", "schools": json.loads(a.settings)}, "schools settings")["schools"]
+            if a.schools_cmd == "fit":
+                info = schools.fit_method(schools.run_config(settings, a.method), a.out)
+                print(json.dumps({k: v for k, v in info.items() if k != "run"}))
+            elif a.schools_cmd == "gold":
+                d = schools.gold_standard(settings, a.out_npz, a.out_json)
+                print(json.dumps({k: d[k] for k in ("rhat_max", "rank_rhat_max", "ess_min", "seconds")}))
+            else:
+                print(schools.report(a.gold_npz, a.gold_json, a.fits, settings, a.out_csv, a.out_md, a.out_fig,
+                                     a.out_params))
+        elif a.cmd == "toy":
+            from .toy import run_cli
+            _threads(getattr(a, "threads", None))
+            print(run_cli(a))
         elif a.cmd == "check-config":
             from .config import load
             print(json.dumps(load(a.config), indent=2))

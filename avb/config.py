@@ -66,3 +66,24 @@ def run_config(cfg: dict[str, Any], dataset: str, method: str, z_dim: int, seed:
         "model": {**cfg["model"], **over.get("model", {})},
         "train": {**cfg["train"], **over.get("train", {})},
     }
+
+
+# The model keys each toy method uses: a run config holds only these, so e.g. an adversary setting never reruns the VAE.
+TOY_RUN_MODEL_KEYS = {
+    "vae": ["hidden"],
+    "avb": ["hidden", "eps_dim", "adv_hidden", "adv_blocks", "adv_prior_term"],
+    "avb_ac": ["hidden", "ac_nbasis", "ac_eps_dim", "adv_hidden", "adv_blocks", "adv_prior_term"],
+}
+
+
+def toy_run_config(toy: dict[str, Any], method: str) -> dict[str, Any]:
+    """Everything that determines one toy training run (JSON-able; ``avb.train.fit`` keys its checkpoint on it).
+
+    ``toy`` is the validated ``toy`` section of a config. The VAE has no adversary, so its adversary settings are
+    None (``fit`` reads them only for a model with an adversary).
+    """
+    train = dict(toy["train"])
+    if method == "vae":
+        train.update(lr_adversary=None, adversary_steps=None)
+    return {"experiment": "toy", "method": method, "seed": int(toy["seed"]),
+            "model": {k: toy["model"][k] for k in TOY_RUN_MODEL_KEYS[method]}, "train": train}

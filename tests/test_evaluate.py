@@ -49,3 +49,16 @@ def test_avb_has_no_iwae_and_says_why(trained, tmp_path):
     assert math.isnan(s["iwae"]) and s["iwae_note"] == "implicit encoder has no density"
     assert s["ais_init"] == "prior" and not s["elbo_is_bound"] and math.isnan(s["bdmc_width"])
     assert math.isfinite(s["log_px_ais"])
+
+
+def test_atomic_writes_honour_the_umask(tmp_path):
+    import os
+    import stat
+
+    from avb import io
+    old = os.umask(0o022)
+    try:
+        io.write_text("x", tmp_path / "a.txt")
+    finally:
+        os.umask(old)
+    assert stat.S_IMODE((tmp_path / "a.txt").stat().st_mode) == 0o644

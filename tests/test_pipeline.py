@@ -19,6 +19,8 @@ TINY = {
     "train": {"steps": 20, "batch_size": 32, "checkpoint_every": 10, "log_every": 5, "device": "cpu"},
     "eval": {"n_test": 8, "batch_size": 8, "ais_steps": 3, "ais_chains": 2, "elbo_samples": 1, "device": "cpu"},
     "report": {"n_samples": 4},
+    "toy": {"enabled": False},      # the toy and eight-schools pipelines have their own tests
+    "schools": {"enabled": False},
 }
 
 

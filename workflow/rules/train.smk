@@ -1,5 +1,8 @@
 # Training: one job per run. The run's full config is a tracked param, written to config.json, so changing a value
-# reruns exactly the runs it affects. A killed job leaves checkpoint.pt (not an output) and a rerun resumes from it.
+# (method_overrides included) reruns exactly the runs it affects. train_metrics.csv and checkpoint.pt are rewritten
+# atomically at every checkpoint; a killed job leaves model.pt missing and the job marked incomplete, so no rerun
+# trusts its outputs, and the rerun (--rerun-incomplete, in both profiles) resumes from checkpoint.pt (not an
+# output: Snakemake never deletes it).
 
 rule run_config:
     output:
@@ -8,9 +11,13 @@ rule run_config:
         run=run_config,
     log:
         f"{RUN}/logs/run_config.log",
+    localrule: True
+    threads: 1
+    resources:
+        mem_mb=500,
+        runtime=5,
     run:
-        from avb import io
-        io.write_json(params.run, output[0])
+        write_json(params.run, output[0])
 
 
 rule train:
@@ -18,12 +25,23 @@ rule train:
         f"{RUN}/config.json",
     output:
         model=f"{RUN}/model.pt",
-        metrics=f"{RUN}/train_metrics.csv",
+        metrics=report(
+            f"{RUN}/train_metrics.csv",
+            caption="../report/train_metrics.rst",
+            category="1. Training",
+            subcategory="{dataset}, z = {z_dim}",
+            labels={"method": "{method}", "seed": "{seed}", "file": "train_metrics.csv"},
+        ),
     log:
         f"{RUN}/logs/train.log",
+    benchmark:
+        f"{RUN}/benchmarks/train.tsv"
+    conda:
+        ENV
     threads: config["threads"]
     resources:
-        mem_mb=4000,
-        runtime=60,
+        mem_mb=mem_mb("train"),
+        runtime=runtime("train"),
+        gpu=gpus("train", lambda w: run_config(w)["train"]["device"]),
     shell:
-        "avb train {input} --out $(dirname {output.model}) --threads {threads} > {log} 2>&1"
+        avb("train {input} --out $(dirname {output.model}) --threads {threads} > {log} 2>&1")
