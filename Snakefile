@@ -22,6 +22,7 @@ include: "workflow/rules/evaluate.smk"
 include: "workflow/rules/report.smk"
 include: "workflow/rules/toy.smk"
 include: "workflow/rules/schools.smk"
+include: "workflow/rules/paper.smk"
 
 
 rule all:
@@ -29,6 +30,10 @@ rule all:
         f"{OUT}/summary.csv",
         f"{OUT}/summary.md",
         f"{OUT}/samples_and_curves.png",
+        f"{OUT}/samples_and_curves.pdf",
+        f"{OUT}/table2.md",
+        f"{OUT}/table2.tex",
+        [f"{OUT}/ais_convergence.png", f"{OUT}/ais_convergence.pdf"] if config["convergence"]["enabled"] else [],
         TOY_TARGETS,
         SCHOOLS_TARGETS,
     default_target: True

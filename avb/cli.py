@@ -35,6 +35,14 @@ def main(argv: list[str] | None = None) -> int:
     e.add_argument("--out-json", required=True, help="summary JSON (written atomically)")
     e.add_argument("--threads", type=int)
 
+    v = sub.add_parser("convergence", help="AIS log p(x) against the number of annealing steps, with BDMC bounds")
+    v.add_argument("model")
+    v.add_argument("--settings", default="{}", help="JSON of eval settings (as for evaluate)")
+    v.add_argument("--steps", type=int, nargs="+", required=True, help="annealing budgets")
+    v.add_argument("--n-images", type=int, required=True)
+    v.add_argument("--out-csv", required=True)
+    v.add_argument("--threads", type=int)
+
     r = sub.add_parser("report", help="summary CSV, Markdown table and figure from evaluated runs")
     r.add_argument("--evals", nargs="+", required=True)
     r.add_argument("--models", nargs="+", required=True)
@@ -43,6 +51,11 @@ def main(argv: list[str] | None = None) -> int:
     r.add_argument("--out-md", required=True)
     r.add_argument("--out-png", required=True)
     r.add_argument("--n-samples", type=int, default=64)
+    r.add_argument("--out-pdf", help="the samples figure as PDF too")
+    r.add_argument("--table2", nargs=3, metavar=("CSV", "MD", "TEX"),
+                   help="write the Table 2 replica (mean ± 95%% CI over seeds, published values beside)")
+    r.add_argument("--convergence", nargs="*", default=[], help="ais_convergence.csv files of the runs")
+    r.add_argument("--out-convergence", nargs=2, metavar=("PNG", "PDF"), help="the AIS convergence / BDMC figure")
 
     s = sub.add_parser("schools", help="eight-schools experiment: gold-standard HMC, ADVI / AVB fits, report")
     ss = s.add_subparsers(dest="schools_cmd", required=True)
@@ -71,6 +84,11 @@ def main(argv: list[str] | None = None) -> int:
     from .toy import add_cli_arguments as _toy_arguments
     _toy_arguments(sub.add_parser("toy", help="four-image toy experiment: train / evaluate (exact log p(x)) / report"))
 
+    pp = sub.add_parser("paper", help="render paper/replication.md and paper/main.tex from a preset's results")
+    pp.add_argument("--config", required=True, help="JSON of the validated preset config")
+    pp.add_argument("--out", default="paper")
+    pp.add_argument("--inputs", nargs="+", required=True, help="name=path pairs of result files")
+
     c = sub.add_parser("check-config", help="validate a preset config and print it with defaults filled in")
     c.add_argument("config")
 
@@ -92,13 +110,23 @@ def main(argv: list[str] | None = None) -> int:
             settings = validate({"preset": "cli", "eval": given}, "evaluate settings")["eval"]
             s = evaluate(a.model, settings, a.out_csv, a.out_json)
             print(json.dumps(s, indent=2))
+        elif a.cmd == "convergence":
+            from .config import validate
+            from .evaluate import ais_convergence
+            _threads(a.threads)
+            settings = validate({"preset": "cli", "eval": json.loads(a.settings)}, "convergence settings")["eval"]
+            print(ais_convergence(a.model, settings, a.steps, a.n_images, a.out_csv).to_string(index=False))
         elif a.cmd == "report":
             from . import figures, tables
             from .train import load_model
             df = tables.write(a.evals, a.out_csv, a.out_md)
             runs = [{"label": figures.run_label(load_model(m)[1]), "model": m, "metrics": x}
                     for m, x in zip(a.models, a.metrics)]
-            figures.samples_and_curves(runs, a.out_png, a.n_samples)
+            figures.samples_and_curves(runs, a.out_png, a.n_samples, a.out_pdf)
+            if a.table2:
+                tables.write_table2(df, *a.table2)
+            if a.convergence and a.out_convergence:
+                figures.ais_convergence(a.convergence, *a.out_convergence)
             print(tables.markdown(df))
         elif a.cmd == "schools":
             from . import schools
@@ -118,6 +146,10 @@ def main(argv: list[str] | None = None) -> int:
             from .toy import run_cli
             _threads(getattr(a, "threads", None))
             print(run_cli(a))
+        elif a.cmd == "paper":
+            from .paper import render
+            render(json.loads(a.config), a.out, dict(item.split("=", 1) for item in a.inputs))
+            print(f"wrote {a.out}/replication.md and {a.out}/main.tex")
         elif a.cmd == "check-config":
             from .config import load
             print(json.dumps(load(a.config), indent=2))

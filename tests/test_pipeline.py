@@ -21,6 +21,7 @@ TINY = {
     "report": {"n_samples": 4},
     "toy": {"enabled": False},      # the toy and eight-schools pipelines have their own tests
     "schools": {"enabled": False},
+    "convergence": {"steps": [2, 4], "n_images": 4},
 }
 
 
@@ -53,7 +54,20 @@ def test_pipeline_produces_summary_and_reruns_nothing(tmp_path):
     cfg2.write_text(yaml.safe_dump({**TINY, "eval": {**TINY["eval"], "ais_steps": 4}}))
     dry = snakemake(tmp_path, "--configfile", str(cfg2), "-n")
     assert dry.returncode == 0, dry.stderr[-3000:]
-    assert job_stats(dry.stdout + dry.stderr) == {"evaluate": 3, "report": 1, "all": 1, "total": 5}
+    assert job_stats(dry.stdout + dry.stderr) == {"evaluate": 3, "ais_convergence": 3, "report": 1, "all": 1,
+                                                  "total": 8}
+    # The Table 2 replica and the convergence figure are part of the report.
+    assert "unverified" in (out / "table2.md").read_text() and r"\toprule" in (out / "table2.tex").read_text()
+    conv = pd.concat(pd.read_csv(p) for p in out.glob("runs/*/*/*/*/ais_convergence.csv"))
+    assert sorted(conv.n_steps.unique()) == [2, 4] and set(conv.estimate) == {"ais_test", "bdmc_lower", "bdmc_upper"}
+    assert (out / "ais_convergence.pdf").stat().st_size > 1000
+    # `snakemake paper` renders paper/ from the results, stating the commit and the config.
+    r = snakemake(tmp_path, "paper", "--configfile", str(cfg))
+    assert r.returncode == 0, r.stderr[-3000:]
+    md = (tmp_path / "paper" / "replication.md").read_text()
+    assert "preset `tiny`" in md and "commit: `" in md and '"preset": "tiny"' in md and "| VAE (2-dim)" in md
+    tex = (tmp_path / "paper" / "main.tex").read_text()
+    assert r"\input{tables/tiny_table2.tex}" in tex and (tmp_path / "paper/tables/tiny_table2.tex").exists()
 
 
 def job_stats(text: str) -> dict[str, int]:

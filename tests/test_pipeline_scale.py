@@ -22,7 +22,7 @@ from avb import config as avb_config
 ROOT = Path(__file__).resolve().parent.parent
 BIN = Path(sys.executable).parent
 RUN = "runs/mnist/{method}/z2/seed0"
-OFF = {"toy": {"enabled": False}, "schools": {"enabled": False}}  # this file tests the image-model sweep only
+OFF = {"toy": {"enabled": False}, "schools": {"enabled": False}, "convergence": {"enabled": False}}  # this file tests the image-model sweep only
 TINY = {
     "preset": "scale", "methods": ["vae", "avb"], "z_dims": [2], "seeds": [0],
     "model": {"hidden": 32, "eps_dim": 4, "eps_nbasis": 2, "adv_hidden": 16, "adv_embed": 16, "adv_layers": 1},
@@ -151,7 +151,8 @@ def test_report_has_captioned_figures_and_tables_by_stage(pipeline):
     assert categories == {
         "1. Training": {"mnist, z = 2": [run.format(method=m) + "/train_metrics.csv" for m in ("vae", "avb")]},
         "2. Evaluation": {"mnist, z = 2": [run.format(method=m) + "/eval_per_image.csv" for m in ("vae", "avb")]},
-        "3. Summary": {"Other": [f"results/scale/{f}" for f in ("samples_and_curves.png", "summary.csv", "summary.md")]},
+        "3. Summary": {"Other": [f"results/scale/{f}" for f in ("samples_and_curves.png", "summary.csv", "summary.md",
+                                                                 "table2.md")]},
     }
     captions = {path: " ".join(re.sub(r"<[^>]+>", "", item["caption"]).split()) for path, item in items.items()}
     assert set(captions) == {f for cat in categories.values() for files in cat.values() for f in files}
@@ -180,7 +181,9 @@ def test_killed_training_is_not_trusted_and_resumes(tmp_path):
                          stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     try:
         t0 = time.monotonic()
-        while not (run / "checkpoint.pt").exists() and p.poll() is None and time.monotonic() - t0 < 120:
+        # both files of the first checkpoint (written one after the other) must exist before the kill
+        while not ((run / "checkpoint.pt").exists() and (run / "train_metrics.csv").exists()) and p.poll() is None \
+                and time.monotonic() - t0 < 120:
             time.sleep(0.05)
         assert (run / "checkpoint.pt").exists(), "training never wrote a checkpoint"
     finally:  # a crash: snakemake and its jobs die at once, nothing cleans up

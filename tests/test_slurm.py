@@ -31,7 +31,7 @@ TINY = {
     "report": {"n_samples": 4},
     "resources": {"train": {"mem_mb": 1000, "runtime": 10}, "evaluate": {"mem_mb": 1000, "runtime": 10},
                   "report": {"mem_mb": 1000, "runtime": 10}},
-    "toy": {"enabled": False}, "schools": {"enabled": False},
+    "toy": {"enabled": False}, "schools": {"enabled": False}, "convergence": {"enabled": False},
 }
 RUN = "results/slurm/runs/mnist/avb/z2/seed0"
 SLURM_RULES = {"train", "evaluate", "report"}  # run_config is a localrule, `all` has nothing to run
