@@ -33,11 +33,14 @@ import math
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable
+from typing import TYPE_CHECKING, Any, Callable
 
 import numpy as np
 import torch
 from torch import nn
+
+if TYPE_CHECKING:  # pandas is imported lazily, where the report needs it
+    import pandas as pd
 import torch.nn.functional as F
 
 from . import io

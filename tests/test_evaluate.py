@@ -4,7 +4,6 @@ import math
 
 import pandas as pd
 import pytest
-import torch
 
 from avb import config as avb_config
 from avb import train as tr

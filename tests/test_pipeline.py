@@ -1,8 +1,4 @@
 """The Snakemake pipeline end to end on a tiny config, and config validation."""
-import os
-import shutil
-import subprocess
-import sys
 from pathlib import Path
 
 import pandas as pd
@@ -10,9 +6,10 @@ import pytest
 import yaml
 
 from avb import config as avb_config
+from snakemake_helpers import job_stats
+from snakemake_helpers import snakemake as run_snakemake
 
 ROOT = Path(__file__).resolve().parent.parent
-BIN = Path(sys.executable).parent
 TINY = {
     "preset": "tiny", "methods": ["vae", "avb", "avb_ac"], "z_dims": [2], "seeds": [0],
     "model": {"hidden": 32, "eps_dim": 4, "eps_nbasis": 2, "adv_hidden": 16, "adv_embed": 16, "adv_layers": 1},
@@ -25,10 +22,8 @@ TINY = {
 }
 
 
-def snakemake(workdir: Path, *args: str) -> subprocess.CompletedProcess:
-    env = {**os.environ, "PATH": f"{BIN}{os.pathsep}{os.environ['PATH']}"}
-    return subprocess.run([str(BIN / "snakemake"), "-s", str(ROOT / "Snakefile"), "-d", str(workdir),
-                           "--cores", "2", *args], capture_output=True, text=True, env=env, timeout=900)
+def snakemake(workdir: Path, *args: str):
+    return run_snakemake(workdir, "--cores", "2", *args)
 
 
 @pytest.mark.slow
@@ -68,18 +63,6 @@ def test_pipeline_produces_summary_and_reruns_nothing(tmp_path):
     assert "preset `tiny`" in md and "commit: `" in md and '"preset": "tiny"' in md and "| VAE (2-dim)" in md
     tex = (tmp_path / "paper" / "main.tex").read_text()
     assert r"\input{tables/tiny_table2.tex}" in tex and (tmp_path / "paper/tables/tiny_table2.tex").exists()
-
-
-def job_stats(text: str) -> dict[str, int]:
-    """The 'Job stats' table of a Snakemake dry run as {rule: count}."""
-    lines = text.split("Job stats:")[1].strip().splitlines()[2:]
-    stats = {}
-    for line in lines:
-        parts = line.split()
-        if len(parts) != 2 or not parts[1].isdigit():
-            break
-        stats[parts[0]] = int(parts[1])
-    return stats
 
 
 def test_unknown_config_key_fails_naming_it_and_writes_nothing(tmp_path):

@@ -18,6 +18,7 @@ import torch
 import yaml
 
 from avb import config as avb_config
+from snakemake_helpers import job_stats, snakemake
 
 ROOT = Path(__file__).resolve().parent.parent
 BIN = Path(sys.executable).parent
@@ -36,27 +37,9 @@ TINY = {
 }
 
 
-def snakemake(workdir: Path, *args: str, timeout: float = 300) -> subprocess.CompletedProcess:
-    env = {**os.environ, "PATH": f"{BIN}{os.pathsep}{os.environ['PATH']}"}
-    return subprocess.run([str(BIN / "snakemake"), "-s", str(ROOT / "Snakefile"), "-d", str(workdir), *args],
-                          capture_output=True, text=True, env=env, timeout=timeout, cwd=workdir)
-
-
 def write_config(path: Path, cfg: dict) -> Path:
     path.write_text(yaml.safe_dump(cfg))
     return path
-
-
-def job_stats(text: str) -> dict[str, int]:
-    """The 'Job stats' table of a Snakemake run or dry run as {rule: count}."""
-    lines = text.split("Job stats:")[1].strip().splitlines()[2:]
-    stats = {}
-    for line in lines:
-        parts = line.split()
-        if len(parts) != 2 or not parts[1].isdigit():
-            break
-        stats[parts[0]] = int(parts[1])
-    return stats
 
 
 def jobs(text: str) -> list[dict]:
