@@ -18,6 +18,7 @@ from dataclasses import dataclass
 import torch
 
 from .ais import LOG_2PI, AISResult, LogLik, estimate_log_likelihood, estimate_log_likelihood_reverse
+from .objectives import log_normal
 
 IMPLICIT_NOTE = "implicit encoder has no density"
 PROPOSAL_NOTES = {
@@ -25,11 +26,6 @@ PROPOSAL_NOTES = {
     "avb_ac": "proposal: the Gaussian r(z|x) with the adaptive-contrast moments of q(z|x)",
     "avb": IMPLICIT_NOTE,
 }
-
-
-def _log_normal(z: torch.Tensor, mean: torch.Tensor, std: torch.Tensor) -> torch.Tensor:
-    zn = (z - mean) / std
-    return -0.5 * (zn * zn + LOG_2PI).sum(-1) - torch.log(std).sum(-1)
 
 
 @torch.no_grad()
@@ -49,7 +45,7 @@ def iwae_bound(log_likelihood: LogLik, x: torch.Tensor, mean: torch.Tensor, std:
     rows = b * k
     mean_r, std_r = mean.repeat_interleave(k, dim=0), std.repeat_interleave(k, dim=0)
     z = mean_r + std_r * torch.randn(rows, d, generator=generator, device="cpu").to(mean.device)
-    log_w = _log_normal(z, mean_r, std_r).neg_()
+    log_w = log_normal(z, mean_r, std_r).neg_()
     log_w += -0.5 * (z * z + LOG_2PI).sum(-1)
     cap = rows if max_rows is None else max(1, int(max_rows))
     for start in range(0, rows, cap):
