@@ -8,7 +8,6 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, Iterator
 
-import torch
 
 
 @contextmanager
@@ -32,6 +31,7 @@ def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
 
 
 def save_torch(obj: Any, path: str | os.PathLike) -> None:
+    import torch  # here, not at import: the Snakefile uses this module and must not pay for importing torch
     with atomic_path(path) as tmp:
         torch.save(obj, tmp)
 

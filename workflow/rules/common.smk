@@ -3,7 +3,8 @@ import itertools
 import json
 import os
 import shlex
-import tempfile
+
+from avb.io import write_json  # atomic; avb.io imports no torch, so local run_config jobs stay instant
 
 OUT = f"{config['results_dir']}/{config['preset']}"
 RUN = f"{OUT}/runs/{{dataset}}/{{method}}/z{{z_dim}}/seed{{seed}}"
@@ -47,19 +48,6 @@ def run_files(name):
 def run_config(w):
     return avb_config.run_config(config, w.dataset, w.method, int(w.z_dim), int(w.seed))
 
-
-def write_json(obj, path):
-    """avb.io.write_json (same bytes, written atomically) without importing torch: a local job stays instant."""
-    fd, tmp = tempfile.mkstemp(prefix=f".{os.path.basename(path)}.", suffix=".tmp", dir=os.path.dirname(path))
-    try:
-        with os.fdopen(fd, "w") as f:
-            f.write(json.dumps(obj, indent=2, sort_keys=True) + "\n")
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
 
 
 # Resources (the config's `resources` section; defaults in the schema, sizes per preset in config/*.yaml). They
