@@ -8,7 +8,10 @@ from snakemake.exceptions import WorkflowError
 
 from avb import config as avb_config
 
-configfile: "config/quick.yaml"
+# quick.yaml is the default only: a preset given with --configfile is used alone (plus schema defaults), never merged
+# over quick.yaml, so a preset cannot silently inherit quick's small networks for a key it leaves out.
+if not workflow.overwrite_configfiles:
+    configfile: "config/quick.yaml"
 report: "workflow/report/workflow.rst"
 
 try:

@@ -3,6 +3,7 @@ import itertools
 import json
 import os
 import shlex
+import sys
 
 from avb.io import write_json  # atomic; avb.io imports no torch, so local run_config jobs stay instant
 
@@ -29,9 +30,17 @@ def avb(args):
     return f"{AVB} {args}"
 
 
-# (shell.prefix() formats its argument as Snakemake formats a shell command: hence the doubled braces.)
-_checkout = shlex.quote(workflow.basedir).replace("{", "{{").replace("}", "}}")
-shell.prefix(f"set -euo pipefail; export PYTHONPATH={_checkout}${{{{PYTHONPATH:+:$PYTHONPATH}}}}; ")
+# Without --use-conda, jobs run the interpreter that runs Snakemake (its bin/ goes first on PATH), so calling
+# `.venv/bin/snakemake` without activating the venv works. (shell.prefix() formats its argument as Snakemake formats
+# a shell command: hence the doubled braces.)
+def _braces(text):
+    return shlex.quote(text).replace("{", "{{").replace("}", "}}")
+
+
+_prefix = f"set -euo pipefail; export PYTHONPATH={_braces(workflow.basedir)}${{{{PYTHONPATH:+:$PYTHONPATH}}}}; "
+if not workflow.deployment_settings.deployment_method:
+    _prefix += f"export PATH={_braces(os.path.dirname(sys.executable))}:$PATH; "
+shell.prefix(_prefix)
 
 
 def sweep():
