@@ -2,11 +2,13 @@
 # Other presets:  snakemake --cores N --configfile config/<preset>.yaml
 # Profiles:       --profile workflow/profiles/default (local) or workflow/profiles/slurm (SLURM cluster)
 # Report:         snakemake --report results/<preset>/report.html [--configfile config/<preset>.yaml]
+import sys
 from pathlib import Path
 
 from snakemake.exceptions import WorkflowError
 
 from avb import config as avb_config
+from avb import provenance as avb_provenance
 
 # quick.yaml is the default only: a preset given with --configfile is used alone (plus schema defaults), never merged
 # over quick.yaml, so a preset cannot silently inherit quick's small networks for a key it leaves out.
@@ -26,6 +28,24 @@ include: "workflow/rules/report.smk"
 include: "workflow/rules/toy.smk"
 include: "workflow/rules/schools.smk"
 include: "workflow/rules/paper.smk"
+
+# Provenance: each invocation that runs jobs appends its commit, machine, command and wall time (avb/provenance.py).
+# Jobs submitted to a cluster run with --no-hooks, so only the main invocation writes the record.
+PROVENANCE = f"{OUT}/provenance.json"
+_invocation = {}
+
+
+onstart:
+    _jobs = list(workflow.dag.needrun_jobs())
+    _invocation["id"] = avb_provenance.started(PROVENANCE, sys.argv, [j.rule.name for j in _jobs], len(_jobs))
+
+
+onsuccess:
+    avb_provenance.finished(PROVENANCE, _invocation["id"], "success")
+
+
+onerror:
+    avb_provenance.finished(PROVENANCE, _invocation["id"], "failed")
 
 
 rule all:

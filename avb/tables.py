@@ -3,11 +3,12 @@ over seeds, beside the published values) in Markdown and LaTeX."""
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
 
 import pandas as pd
 
-from . import io
+from . import io, latex
 
 COLUMNS = ["method", "dataset", "binarization", "arch", "z_dim", "seed", "train_steps", "log_px_ais", "log_px_ais_se",
            "elbo", "elbo_se", "gap", "elbo_is_bound", "iwae", "iwae_se", "iwae_samples", "iwae_note", "n_test",
@@ -72,6 +73,15 @@ PUBLISHED_TABLE2 = {
     ("avb_ac", 8): {"log_px": "≈ −96.3 ± 0.4", "elbo": "?", "gap": "?"},
     ("avb_ac", 32): {"log_px": "≈ −79.5 ± 0.3", "elbo": "≈ −80.2 ± 0.4", "gap": "≈ 0.7 ± 0.5"},
 }
+
+
+def published_log_px(method: str, z_dim: int) -> float | None:
+    """The published log p(x) of a Table 2 row as a number (as reported, unverified), or None."""
+    pub = PUBLISHED_TABLE2.get((method, z_dim))
+    m = re.search(r"−?\d+\.\d+", pub["log_px"]) if pub else None
+    return float(m.group().replace("−", "-")) if m else None
+
+
 PUBLISHED_NOTE = ("published: AVB paper Table 2 (conv nets, 2.5M steps, dynamic binarisation, AIS 1000 steps × 5 "
                   "chains on 2048 test images), as reported, unverified against the PDF")
 GROUP = ["method", "arch", "dataset", "binarization", "z_dim", "train_steps", "n_test", "ais_steps", "ais_chains",
@@ -134,19 +144,9 @@ def table2_markdown(agg: pd.DataFrame) -> str:
     return "\n".join(lines) + "\n"
 
 
-def _tex(text: str) -> str:
-    return (text.replace("±", r"$\pm$").replace("≈", r"$\approx$").replace("−", "-").replace("×", r"$\times$")
-            .replace("%", r"\%").replace("_", r"\_"))
-
-
 def table2_latex(agg: pd.DataFrame) -> str:
-    lines = [r"\begin{tabular}{llllll}", r"\toprule",
-             r"model & setup & $\log p(x)$ (AIS) & ELBO & gap & published (unverified) \\", r"\midrule"]
-    for r in table2_rows(agg):
-        lines.append(" & ".join(_tex(r[k]) for k in ("model", "setup", "log_px", "elbo", "gap", "published"))
-                     + r" \\")
-    lines += [r"\bottomrule", r"\end{tabular}"]
-    return "\n".join(lines) + "\n"
+    """The Table 2 replica as a booktabs tabular (the same rows and columns as the Markdown)."""
+    return latex.table(table2_markdown(agg).split("\n\n", 1)[0].splitlines())
 
 
 def write_table2(df: pd.DataFrame, out_csv: str | Path, out_md: str | Path, out_tex: str | Path) -> pd.DataFrame:

@@ -542,7 +542,7 @@ def markdown(df) -> str:
         "# Four-image toy experiment (paper section 5.1)", "",
         f"Optimum: mean over the 4 images of log p(x) = -log 4 = {OPTIMUM:.4f}. log p(x) is exact up to quadrature "
         "(midpoint rule; the Richardson error estimate is in the last column).", "",
-        "| method | iterations | log p(x) (exact) | recon. error | ELBO | KL(q(z|x), p(z|x)) | KL(q(z), p(z)) "
+        "| method | iterations | log p(x) (exact) | recon. error | ELBO | KL(q(z\\|x), p(z\\|x)) | KL(q(z), p(z)) "
         "| quadrature error |",
         "|---|---|---|---|---|---|---|---|"]
     for r in df.itertuples():

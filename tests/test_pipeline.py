@@ -1,4 +1,5 @@
 """The Snakemake pipeline end to end on a tiny config, and config validation."""
+import json
 from pathlib import Path
 
 import pandas as pd
@@ -41,6 +42,11 @@ def test_pipeline_produces_summary_and_reruns_nothing(tmp_path):
     assert (df.log_px_ais < 0).all() and (df.dataset == "mnist").all()
     assert "| VAE (2-dim" in (out / "summary.md").read_text()
     assert (out / "samples_and_curves.png").stat().st_size > 1000
+    # The invocation left its provenance record: commit, machine, the rules it ran, its wall time.
+    records = json.loads((out / "provenance.json").read_text())
+    assert len(records) == 1 and records[0]["status"] == "success" and records[0]["wall_s"] > 0
+    assert {"train", "evaluate", "report"} <= set(records[0]["rules"]) and records[0]["jobs"] > 10
+    assert len(records[0]["commit"]) >= 40 and "cores" in records[0]["machine"]
     # A completed pipeline has nothing left to do.
     dry = snakemake(tmp_path, "--configfile", str(cfg), "-n")
     assert dry.returncode == 0 and "Nothing to be done" in dry.stdout + dry.stderr
@@ -60,9 +66,16 @@ def test_pipeline_produces_summary_and_reruns_nothing(tmp_path):
     r = snakemake(tmp_path, "paper", "--configfile", str(cfg))
     assert r.returncode == 0, r.stderr[-3000:]
     md = (tmp_path / "paper" / "replication.md").read_text()
-    assert "preset `tiny`" in md and "commit: `" in md and '"preset": "tiny"' in md and "| VAE (2-dim)" in md
+    assert "preset `tiny`" in md and "at commit `" in md and '"preset": "tiny"' in md and "| VAE (2-dim)" in md
     tex = (tmp_path / "paper" / "main.tex").read_text()
     assert r"\input{tables/tiny_table2.tex}" in tex and (tmp_path / "paper/tables/tiny_table2.tex").exists()
+    # The report names the invocation that produced the numbers (not the paper render itself, not the dry runs) ...
+    provenance_rows = [line for line in md.splitlines() if line.startswith(f"| {records[0]['started']} |")]
+    assert len(provenance_rows) == 1 and "success" in provenance_rows[0]
+    assert len(json.loads((out / "provenance.json").read_text())) == 2   # + the paper invocation
+    # ... and the paper invocation's own record does not make paper/ outdated.
+    dry = snakemake(tmp_path, "paper", "--configfile", str(cfg), "-n")
+    assert dry.returncode == 0 and "Nothing to be done" in dry.stdout + dry.stderr
 
 
 def test_unknown_config_key_fails_naming_it_and_writes_nothing(tmp_path):

@@ -10,7 +10,7 @@ import pytest
 import torch
 from torch import nn
 
-from avb import toy
+from avb import latex, toy
 from avb.objectives import log_normal
 
 LOG_Q = -math.log(4.0)
@@ -249,6 +249,8 @@ def test_evaluate_and_report_write_the_table_and_figure(trained, tmp_path):
     assert 0 < vae.kl_q_posterior and abs(vae.elbo_from_kl - vae.elbo) < 0.05   # log p(x) - KL = ELBO up to MC
     assert vae.kl_q_posterior_kde < vae.kl_q_posterior + 0.02                    # the KDE estimate is biased down
     assert "| AVB + AC |" in md and "adversary KL" in md
+    table = [line for line in md.splitlines() if line.startswith("|")]
+    assert r"KL(q(z\textbar{}x)" in latex.table(table)   # the pipe in q(z|x) is escaped: no ragged rows
     with np.load(npzs[0]) as d:
         assert d["posterior"].shape == (4, 200, 200) and d["scatter"].shape == (4, 512, 2)
     for k in ("png", "pdf"):

@@ -137,14 +137,13 @@ SCHOOLS_TARGETS = (
 # --- paper/: the report's inputs (its rule is in paper.smk) ---
 def paper_inputs():
     """name -> result file for `avb paper`; sections whose experiment is off are left out."""
-    files = {"table2_md": f"{OUT}/table2.md", "table2_tex": f"{OUT}/table2.tex", "summary_csv": f"{OUT}/summary.csv",
+    files = {"table2_md": f"{OUT}/table2.md", "summary_csv": f"{OUT}/summary.csv", "summary_md": f"{OUT}/summary.md",
              "samples_png": f"{OUT}/samples_and_curves.png", "samples_pdf": f"{OUT}/samples_and_curves.pdf"}
     if config["convergence"]["enabled"]:
         files.update(convergence_png=f"{OUT}/ais_convergence.png", convergence_pdf=f"{OUT}/ais_convergence.pdf")
     if config["toy"]["enabled"]:
-        files.update(toy_md=f"{TOY}/summary.md", toy_csv=f"{TOY}/summary.csv", toy_png=f"{TOY}/latent_space.png",
-                     toy_pdf=f"{TOY}/latent_space.pdf")
+        files.update(toy_md=f"{TOY}/summary.md", toy_png=f"{TOY}/latent_space.png", toy_pdf=f"{TOY}/latent_space.pdf")
     if config["schools"]["enabled"]:
-        files.update(schools_md=f"{SCHOOLS}/summary.md", schools_csv=f"{SCHOOLS}/summary.csv",
-                     schools_png=f"{SCHOOLS}/mu_tau.png", schools_pdf=f"{SCHOOLS}/mu_tau.pdf")
+        files.update(schools_md=f"{SCHOOLS}/summary.md", schools_png=f"{SCHOOLS}/mu_tau.png",
+                     schools_pdf=f"{SCHOOLS}/mu_tau.pdf")
     return files

@@ -11,6 +11,8 @@ rule paper:
     params:
         config=json.dumps(config, sort_keys=True),
         inputs=lambda w, input: " ".join(f"{k}={v}" for k, v in input.items()),
+        # read, not an input: this invocation's own hooks rewrite it, which must not make paper/ look outdated
+        provenance=f"{OUT}/provenance.json",
     log:
         f"{OUT}/logs/paper.log",
     conda:
@@ -21,6 +23,6 @@ rule paper:
         mem_mb=2000,
         runtime=10,
     shell:
-        avb("paper --config '{params.config}' --out paper --inputs {params.inputs} > {log} 2>&1; "
+        avb("paper --config '{params.config}' --out paper --inputs provenance_json={params.provenance} {params.inputs} > {log} 2>&1; "
             "if command -v latexmk > /dev/null; then (cd paper && latexmk -pdf -interaction=nonstopmode main.tex) "
             ">> {log} 2>&1; fi")
