@@ -88,3 +88,26 @@ def test_render_writes_matching_markdown_and_latex(tmp_path):
     r = subprocess.run(["latexmk", "-pdf", "-interaction=nonstopmode", "main.tex"], cwd=out, capture_output=True,
                        text=True, timeout=300)
     assert r.returncode == 0 and (out / "main.pdf").exists(), r.stdout[-3000:]
+
+
+def test_mnist_figures_raise_no_deprecation_warnings(tmp_path, monkeypatch):
+    """pyproject's filterwarnings turns FutureWarning and seaborn / matplotlib DeprecationWarning into errors, so
+    this fails on any deprecated plotting call (the figures are otherwise only drawn in Snakemake subprocesses)."""
+    import numpy as np
+
+    from avb import figures
+
+    monkeypatch.setattr(figures, "sample_grid", lambda path, n: np.zeros((59, 59)))
+    monkeypatch.setattr(figures, "reconstruction_grid", lambda path: np.zeros((59, 233)))
+    runs_ = []
+    for i, label in enumerate(("VAE z=8 s0", "AVB z=8 s0")):
+        metrics = tmp_path / f"m{i}.csv"
+        pd.DataFrame({"step": [0, 50, 100], "elbo": [-500.0, -200.0, -150.0 - i]}).to_csv(metrics, index=False)
+        runs_.append({"label": label, "model": "unused", "metrics": str(metrics)})
+    figures.samples_and_curves(runs_, tmp_path / "s.png", 4, tmp_path / "s.pdf")
+    rows = [{"method": m, "dataset": "mnist", "z_dim": 8, "seed": 0, "n_steps": n, "estimate": e,
+             "mean": -100.0 - (e == "bdmc_lower") * 10 / n, "se": 1.0, "n_images": 4}
+            for m in ("vae", "avb") for n in (10, 100) for e in ("ais_test", "bdmc_lower", "bdmc_upper")]
+    pd.DataFrame(rows).to_csv(tmp_path / "c.csv", index=False)
+    figures.ais_convergence([tmp_path / "c.csv"], tmp_path / "c.png", tmp_path / "c.pdf")
+    assert all((tmp_path / f).stat().st_size > 1000 for f in ("s.png", "s.pdf", "c.png", "c.pdf"))
