@@ -21,10 +21,10 @@ quick: PRESET = quick
 quick: replicate
 
 replicate: $(STAMP)
-	PATH="$(CURDIR)/$(BIN):$$PATH" $(BIN)/snakemake --cores $(CORES) --configfile config/$(PRESET).yaml
+	$(BIN)/snakemake --cores $(CORES) --configfile config/$(PRESET).yaml
 
 dry-run: $(STAMP)
-	PATH="$(CURDIR)/$(BIN):$$PATH" $(BIN)/snakemake -n --configfile config/$(PRESET).yaml
+	$(BIN)/snakemake -n --configfile config/$(PRESET).yaml
 
 test: $(STAMP)
-	PATH="$(CURDIR)/$(BIN):$$PATH" $(BIN)/python -m pytest $(PYTEST_ARGS)
+	$(BIN)/python -m pytest $(PYTEST_ARGS)

@@ -11,8 +11,10 @@ BIN = Path(sys.executable).parent
 
 
 def snakemake(workdir: Path, *args: str, timeout: float = 900) -> subprocess.CompletedProcess:
-    """``snakemake -s <repo>/Snakefile -d workdir *args`` with the project's venv first on PATH."""
-    env = {**os.environ, "PATH": f"{BIN}{os.pathsep}{os.environ['PATH']}"}
+    """``<venv>/bin/snakemake -s <repo>/Snakefile -d workdir *args``, with the venv taken *off* PATH: calling the
+    venv's snakemake without activating the venv must work (jobs run Snakemake's own interpreter)."""
+    path = [p for p in os.environ["PATH"].split(os.pathsep) if Path(p).resolve() != BIN.resolve()]
+    env = {**os.environ, "PATH": os.pathsep.join(path)}
     return subprocess.run([str(BIN / "snakemake"), "-s", str(ROOT / "Snakefile"), "-d", str(workdir), *args],
                           capture_output=True, text=True, env=env, timeout=timeout, cwd=workdir)
 
