@@ -87,7 +87,7 @@ def main(argv: list[str] | None = None) -> int:
     pp = sub.add_parser("paper", help="render paper/replication.md and paper/main.tex from a preset's results")
     pp.add_argument("--config", required=True, help="JSON of the validated preset config")
     pp.add_argument("--out", default="paper")
-    pp.add_argument("--inputs", nargs="+", required=True, help="name=path pairs of result files")
+    pp.add_argument("--inputs", nargs="+", required=True, help="name=path pairs of result files (per_image=a,b,...: a comma-separated list)")
 
     c = sub.add_parser("check-config", help="validate a preset config and print it with defaults filled in")
     c.add_argument("config")

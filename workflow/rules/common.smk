@@ -138,7 +138,8 @@ SCHOOLS_TARGETS = (
 def paper_inputs():
     """name -> result file for `avb paper`; sections whose experiment is off are left out."""
     files = {"table2_md": f"{OUT}/table2.md", "summary_csv": f"{OUT}/summary.csv", "summary_md": f"{OUT}/summary.md",
-             "samples_png": f"{OUT}/samples_and_curves.png", "samples_pdf": f"{OUT}/samples_and_curves.pdf"}
+             "samples_png": f"{OUT}/samples_and_curves.png", "samples_pdf": f"{OUT}/samples_and_curves.pdf",
+             "per_image": run_files("eval_per_image.csv")}
     if config["convergence"]["enabled"]:
         files.update(convergence_png=f"{OUT}/ais_convergence.png", convergence_pdf=f"{OUT}/ais_convergence.pdf")
     if config["toy"]["enabled"]:

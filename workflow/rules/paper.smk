@@ -10,7 +10,7 @@ rule paper:
         tex="paper/main.tex",
     params:
         config=json.dumps(config, sort_keys=True),
-        inputs=lambda w, input: " ".join(f"{k}={v}" for k, v in input.items()),
+        inputs=lambda w, input: " ".join(f"{k}={','.join(v) if isinstance(v, list) else v}" for k, v in input.items()),
         # read, not an input: this invocation's own hooks rewrite it, which must not make paper/ look outdated
         provenance=f"{OUT}/provenance.json",
     log:
