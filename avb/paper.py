@@ -80,7 +80,7 @@ def discussion(summary: pd.DataFrame, cfg: dict[str, Any], pairs: pd.DataFrame |
     if pairs is not None and not pairs.empty:
         for r in pairs[pairs.method == "avb_ac"].itertuples():
             verdict = ("AVB + AC ahead" if r.mean_diff > 2 * r.se else "the VAE ahead" if r.mean_diff < -2 * r.se
-                       else "no difference beyond 2 s.e.")
+                       else "no difference beyond two standard errors")
             items.append(f"{r.z_dim}-dim, seed {r.seed}: AVB + AC − VAE = {_nats(r.mean_diff)} ± {r.se:.2f} nats per "
                          f"image, paired over {r.images} test images (higher on {r.frac_better:.0%}): {verdict}. The "
                          "paper reports AVB + AC ahead at 8 and 32 dimensions.")
