@@ -23,6 +23,7 @@ from typing import Any, Iterable
 from . import io
 
 ROOT = Path(__file__).resolve().parent.parent
+DIRTY_IGNORED = (":(exclude)results", ":(exclude)paper")
 
 
 def _run(*cmd: str) -> str:
@@ -33,9 +34,10 @@ def _run(*cmd: str) -> str:
 
 
 def commit() -> str:
-    """HEAD of this checkout, with " (with uncommitted changes)" when tracked files differ from it."""
+    """HEAD of this checkout, with " (with uncommitted changes)" when tracked files other than outputs (results/,
+    paper/: the published run is tracked and a render rewrites it) differ from it."""
     head = _run("git", "rev-parse", "HEAD")
-    dirty = _run("git", "status", "--porcelain", "--untracked-files=no")
+    dirty = _run("git", "status", "--porcelain", "--untracked-files=no", "--", ".", *DIRTY_IGNORED)
     return head + (" (with uncommitted changes)" if dirty not in ("", "unknown") else "")
 
 

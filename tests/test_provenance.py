@@ -31,10 +31,33 @@ def test_corrupt_record_file_is_an_error_naming_it(tmp_path):
         provenance.load(path)
 
 
+STATUS = ("git", "status", "--porcelain", "--untracked-files=no", "--", ".", *provenance.DIRTY_IGNORED)
+
+
 def test_commit_is_flagged_when_tracked_files_differ(monkeypatch):
     answers = {("git", "rev-parse", "HEAD"): "a" * 40,
-               ("git", "status", "--porcelain", "--untracked-files=no"): " M avb/ais.py"}
+               STATUS: " M avb/ais.py"}
     monkeypatch.setattr(provenance, "_run", lambda *cmd: answers[cmd])
     assert provenance.commit() == "a" * 40 + " (with uncommitted changes)"
-    answers[("git", "status", "--porcelain", "--untracked-files=no")] = ""
+    answers[STATUS] = ""
     assert provenance.commit() == "a" * 40
+
+
+def test_rewritten_outputs_do_not_flag_the_commit(tmp_path, monkeypatch):
+    """A render rewrites the tracked published run (results/cpu, paper/): that is not a code change."""
+    import subprocess
+
+    def git(*args):
+        subprocess.run(["git", *args], cwd=tmp_path, check=True, capture_output=True)
+    git("init", "-q")
+    for name in ("avb/ais.py", "results/cpu/provenance.json", "paper/replication.md"):
+        (tmp_path / name).parent.mkdir(parents=True, exist_ok=True)
+        (tmp_path / name).write_text("v1\n")
+    git("add", ".")
+    git("-c", "user.name=t", "-c", "user.email=t@t", "commit", "-qm", "init")
+    monkeypatch.setattr(provenance, "ROOT", tmp_path)
+    (tmp_path / "results/cpu/provenance.json").write_text("v2\n")
+    (tmp_path / "paper/replication.md").write_text("v2\n")
+    assert "uncommitted" not in provenance.commit()
+    (tmp_path / "avb/ais.py").write_text("v2\n")
+    assert provenance.commit().endswith(" (with uncommitted changes)")
