@@ -3,7 +3,6 @@
 # Profiles:       --profile workflow/profiles/default (local) or workflow/profiles/slurm (SLURM cluster)
 # Report:         snakemake --report results/<preset>/report.html [--configfile config/<preset>.yaml]
 import sys
-from pathlib import Path
 
 from snakemake.exceptions import WorkflowError
 

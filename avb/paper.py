@@ -32,17 +32,13 @@ def provenance() -> dict[str, str]:
             "rendered": datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC")}
 
 
-def _nats(x: float) -> str:
-    return f"{x:.2f}".replace("-", "−")
-
-
 def discussion(summary: pd.DataFrame, cfg: dict[str, Any], pairs: pd.DataFrame | None = None) -> list[str]:
     """Bullets on how and why our MNIST numbers differ from the published ones, computed from ``summary``
     (one row per run, as written by ``avb.tables.write``) and the paired comparisons of :func:`paired`."""
     model, train, ev = cfg["model"], cfg["train"], cfg["eval"]
-    reduced = model.get("adv_embed", 8192) < 8192 or model.get("adv_hidden", 1024) < 1024
+    reduced = model["adv_embed"] < 8192 or model["adv_hidden"] < 1024
     items = [
-        f"Networks: `{model['arch']}` encoder/decoder, `{model.get('adv_arch', 'conv0')}` adversary"
+        f"Networks: `{model['arch']}` encoder/decoder, `{model['adv_arch']}` adversary"
         + (f" reduced to {model['adv_hidden']} hidden / {model['adv_embed']} embedding units (official 1024 / 8192)"
            if reduced else "") + ". The published rows come from the official conv nets (`conv0`/`conv1`).",
         f"Training: {train['steps']:,} steps per run, {train['steps'] / OFFICIAL_STEPS:.1%} of the official "
@@ -57,14 +53,14 @@ def discussion(summary: pd.DataFrame, cfg: dict[str, Any], pairs: pd.DataFrame |
         label = f"{tables.LABELS[r.method]} ({r.z_dim}-dim)"
         pub = tables.published_log_px(r.method, r.z_dim) if r.dataset == "mnist" else None
         if pub is not None:
-            items.append(f"{label}: log p(x) {_nats(r.log_px_ais)} against {_nats(pub)} as reported (unverified): "
+            items.append(f"{label}: log p(x) {tables.nats(r.log_px_ais)} against {tables.nats(pub)} as reported (unverified): "
                          f"{abs(r.log_px_ais - pub):.1f} nats {'lower' if r.log_px_ais < pub else 'higher'}.")
         if not r.elbo_is_bound and r.gap < 0:
             items.append(f"{label}: its ELBO estimate exceeds its AIS log p(x) by {-r.gap:.1f} nats. An ELBO cannot "
                          "exceed log p(x), so the adversary underestimates the KL term, AIS underestimates log p(x), "
                          "or both (see the BDMC sandwich).")
         if not pd.isna(r.iwae) and r.iwae > r.log_px_ais + 0.5:
-            items.append(f"{label}: the IWAE bound ({_nats(r.iwae)}) lies above the AIS estimate: AIS is loose here.")
+            items.append(f"{label}: the IWAE bound ({tables.nats(r.iwae)}) lies above the AIS estimate: AIS is loose here.")
     runs = summary.dropna(subset=["bdmc_width"]) if "bdmc_width" in summary else summary.iloc[:0]
     loose = runs[runs.bdmc_width > BDMC_CONVERGED]
     for r in loose.itertuples():
@@ -81,7 +77,7 @@ def discussion(summary: pd.DataFrame, cfg: dict[str, Any], pairs: pd.DataFrame |
         for r in pairs[pairs.method == "avb_ac"].itertuples():
             verdict = ("AVB + AC ahead" if r.mean_diff > 2 * r.se else "the VAE ahead" if r.mean_diff < -2 * r.se
                        else "no difference beyond two standard errors")
-            items.append(f"{r.z_dim}-dim, seed {r.seed}: AVB + AC − VAE = {_nats(r.mean_diff)} ± {r.se:.2f} nats per "
+            items.append(f"{r.z_dim}-dim, seed {r.seed}: AVB + AC − VAE = {tables.nats(r.mean_diff)} ± {r.se:.2f} nats per "
                          f"image, paired over {r.images} test images (higher on {r.frac_better:.0%}): {verdict}. The "
                          "paper reports AVB + AC ahead at 8 and 32 dimensions.")
     items.append("Nothing was tuned to match the published values.")
@@ -123,7 +119,7 @@ def paired_markdown(df: pd.DataFrame) -> list[str]:
              "|---|---|---|---|---|---|---|"]
     for r in df.itertuples():
         lines.append(f"| {r.comparison} | {r.dataset} | {r.z_dim} | {r.seed} | {r.images} | "
-                     f"{_nats(r.mean_diff)} ± {r.se:.2f} | {r.frac_better:.0%} |")
+                     f"{tables.nats(r.mean_diff)} ± {r.se:.2f} | {r.frac_better:.0%} |")
     return lines + ["", "Paired over the same binarised test images; ± is the standard error of the mean difference. "
                         "Each model's AIS estimate carries its own bias (see the BDMC sandwich), which pairing does "
                         "not remove."]

@@ -104,11 +104,15 @@ def aggregate(df: pd.DataFrame) -> pd.DataFrame:
     return pd.DataFrame(rows)
 
 
+def nats(x: float) -> str:
+    """A value in nats with two decimals and a typographic minus."""
+    return f"{x:.2f}".replace("-", "−")
+
+
 def _pm(mean: float, half: float, approx: bool = False) -> str:
     if pd.isna(mean):
         return "n/a"
-    text = f"{mean:.2f}" if pd.isna(half) else f"{mean:.2f} ± {half:.2f}"
-    return ("≈ " if approx else "") + text.replace("-", "−")
+    return ("≈ " if approx else "") + (nats(mean) if pd.isna(half) else f"{nats(mean)} ± {nats(half)}")
 
 
 def table2_rows(agg: pd.DataFrame) -> list[dict[str, str]]:
