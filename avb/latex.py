@@ -14,7 +14,7 @@ from typing import Callable
 SYMBOLS = {"±": r"$\pm$", "≈": r"$\approx$", "−": "-", "×": r"$\times$", "—": "---", "–": "--", "→": r"$\to$",
            "≤": r"$\le$", "≥": r"$\ge$", "‖": r"$\|$", "·": r"$\cdot$", "²": r"$^2$", "σ": r"$\sigma$",
            "ε": r"$\epsilon$", "μ": r"$\mu$", "τ": r"$\tau$", "η": r"$\eta$", "θ": r"$\theta$", "β": r"$\beta$",
-           "Σ": r"$\Sigma$", "…": r"\dots{}", "’": "'", "“": "``", "”": "''", "é": r"\'e", "ä": r"\"a", "ö": r"\"o"}
+           "Σ": r"$\Sigma$", "…": r"\dots{}", "’": "'", "“": "``", "”": "''", "é": r"\'e", "ä": r"\"a", "ö": r"\"o", "ø": r"{\o}"}
 SPECIAL = {"\\": r"\textbackslash{}", "&": r"\&", "%": r"\%", "$": r"\$", "#": r"\#", "_": r"\_", "{": r"\{",
            "}": r"\}", "~": r"\textasciitilde{}", "^": r"\textasciicircum{}", "|": r"\textbar{}", "<": r"\textless{}",
            ">": r"\textgreater{}"}

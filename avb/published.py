@@ -25,12 +25,13 @@ class Value:
     approx: bool = False
     paren: bool = False
     note: str = ""
+    fmt: str = ".1f"
 
     def text(self) -> str:
         """As printed: e.g. ``(≈ −83.6 ± 0.4)``, with a typographic minus."""
-        s = f"{self.value:g}".replace("-", "−")
+        s = format(self.value, self.fmt).replace("-", "−")
         if self.pm is not None:
-            s += f" ± {self.pm:g}"
+            s += f" ± {format(self.pm, self.fmt)}"
         if self.approx:
             s = "≈ " + s
         if self.note:
@@ -95,10 +96,10 @@ def literature_rows() -> tuple[Table2Row, ...]:
 # columns (avb/toy.py); values per method.
 TABLE1_OPTIMUM = -1.386
 TABLE1: dict[str, dict[str, Value]] = {
-    "log_px": {"vae": Value(-1.568), "avb": Value(-1.403)},
-    "recon_error": {"vae": Value(88.5e-3), "avb": Value(5.77e-3)},
-    "elbo": {"vae": Value(-1.697), "avb": Value(-1.421, approx=True)},
-    "kl_aggregate_prior": {"vae": Value(0.165, approx=True), "avb": Value(0.026, approx=True)},
+    "log_px": {"vae": Value(-1.568, fmt=".3f"), "avb": Value(-1.403, fmt=".3f")},
+    "recon_error": {"vae": Value(88.5e-3, fmt=".4f"), "avb": Value(5.77e-3, fmt=".5f")},
+    "elbo": {"vae": Value(-1.697, fmt=".3f"), "avb": Value(-1.421, approx=True, fmt=".3f")},
+    "kl_aggregate_prior": {"vae": Value(0.165, approx=True, fmt=".3f"), "avb": Value(0.026, approx=True, fmt=".3f")},
 }
 TABLE1_LABELS = {"log_px": "log-likelihood", "recon_error": "reconstruction error", "elbo": "ELBO",
                  "kl_aggregate_prior": "KL(q(z), p(z))"}

@@ -1,14 +1,14 @@
 """Summary tables: one tidy CSV row per run, its Markdown rendering, and the Table 2 replica (mean and 95 % CI
-over seeds, beside the published values) in Markdown and LaTeX."""
+over seeds, beside the paper's printed columns from :mod:`avb.published`) in Markdown and LaTeX."""
 from __future__ import annotations
 
 import json
-import re
+import math
 from pathlib import Path
 
 import pandas as pd
 
-from . import io, latex
+from . import io, latex, published
 
 COLUMNS = ["method", "dataset", "binarization", "arch", "z_dim", "seed", "train_steps", "log_px_ais", "log_px_ais_se",
            "elbo", "elbo_se", "gap", "elbo_is_bound", "iwae", "iwae_se", "iwae_samples", "iwae_note", "n_test",
@@ -64,26 +64,6 @@ def write(eval_jsons: list[str | Path], out_csv: str | Path, out_md: str | Path)
     return df
 
 
-# Table 2 of the paper as recalled in ../shared/docs/avb-reference.md section 1.3: NOT verified against the PDF.
-# Keys (method, z_dim); values are strings as printed there ("≈": AVB's ELBO uses the adversary's KL estimate).
-PUBLISHED_TABLE2 = {
-    ("vae", 8): {"log_px": "−98.1 ± 0.5", "elbo": "−100.8 ± 0.4", "gap": "2.7 ± 0.5"},
-    ("vae", 32): {"log_px": "−87.2 ± 0.3", "elbo": "−89.4 ± 0.3", "gap": "2.2 ± 0.2"},
-    ("avb", 8): {"log_px": "≈ −83.6 ± 0.4", "elbo": "?", "gap": "?"},
-    ("avb_ac", 8): {"log_px": "≈ −96.3 ± 0.4", "elbo": "?", "gap": "?"},
-    ("avb_ac", 32): {"log_px": "≈ −79.5 ± 0.3", "elbo": "≈ −80.2 ± 0.4", "gap": "≈ 0.7 ± 0.5"},
-}
-
-
-def published_log_px(method: str, z_dim: int) -> float | None:
-    """The published log p(x) of a Table 2 row as a number (as reported, unverified), or None."""
-    pub = PUBLISHED_TABLE2.get((method, z_dim))
-    m = re.search(r"−?\d+\.\d+", pub["log_px"]) if pub else None
-    return float(m.group().replace("−", "-")) if m else None
-
-
-PUBLISHED_NOTE = ("published: AVB paper Table 2 (conv nets, 2.5M steps, dynamic binarisation, AIS 1000 steps × 5 "
-                  "chains on 2048 test images), as reported, unverified against the PDF")
 GROUP = ["method", "arch", "dataset", "binarization", "z_dim", "train_steps", "n_test", "ais_steps", "ais_chains",
          "ais_schedule", "ais_init", "elbo_is_bound"]
 
@@ -100,6 +80,8 @@ def aggregate(df: pd.DataFrame) -> pd.DataFrame:
             row[col] = vals.mean()
             n = vals.notna().sum()
             row[f"{col}_ci95"] = (stats.t.ppf(0.975, n - 1) * vals.std(ddof=1) / n ** 0.5) if n > 1 else float("nan")
+        # Standard error over test images, averaged over seeds: the only uncertainty a single seed has.
+        row["log_px_ais_se"] = g["log_px_ais_se"].astype(float).mean()
         rows.append(row)
     return pd.DataFrame(rows)
 
@@ -115,37 +97,97 @@ def _pm(mean: float, half: float, approx: bool = False) -> str:
     return ("≈ " if approx else "") + (nats(mean) if pd.isna(half) else f"{nats(mean)} ± {nats(half)}")
 
 
+Z95 = 1.959964  # two-sided 95 % normal quantile
+
+
+def diff_to_published(r, pub: published.Table2Row | None) -> tuple[float, float]:
+    """Our AIS log p(x) minus the paper's printed "log p(x) ≈" value, with a 95 % half-width.
+
+    Our uncertainty: the Student-t half-width over seeds where there are several, else 1.96 × the standard error over
+    test images (one seed says nothing about training variance). The paper's ± is the standard error of 20 batch
+    means (the official test code), so it enters as 1.96 × ±. The two are combined in quadrature.
+    """
+    if pub is None or pub.ais is None:
+        return float("nan"), float("nan")
+    ours = r.log_px_ais_ci95 if r.n_seeds > 1 else Z95 * r.log_px_ais_se
+    theirs = Z95 * (pub.ais.pm or 0.0)
+    return r.log_px_ais - pub.ais.value, (ours ** 2 + theirs ** 2) ** 0.5
+
+
 def table2_rows(agg: pd.DataFrame) -> list[dict[str, str]]:
-    """One row per configuration with our numbers and, where the paper has the row, the published ones."""
+    """One row per configuration with our numbers beside the paper's two printed columns (where it has the row)."""
     out = []
     for r in agg.sort_values(["dataset", "method", "z_dim"], key=lambda s: s.map(METHOD_ORDER)
                              if s.name == "method" else s).itertuples():
-        pub = PUBLISHED_TABLE2.get((r.method, r.z_dim)) if r.dataset == "mnist" else None
+        pub = published.table2_row(r.method, r.z_dim) if r.dataset == "mnist" else None
         approx = not r.elbo_is_bound
+        diff, half = diff_to_published(r, pub)
+        missing = "not in the paper" if r.dataset == "mnist" else "n/a (the paper: dynamic MNIST only)"
         out.append({
             "model": f"{LABELS[r.method]} ({r.z_dim}-dim)",
-            "setup": f"{r.arch}, {r.train_steps} steps, {r.dataset} ({r.binarization} binarisation)",
             "seeds": f"{r.n_seeds}",
-            "log_px": _pm(r.log_px_ais, r.log_px_ais_ci95),
             "elbo": _pm(r.elbo, r.elbo_ci95, approx),
+            "paper_bound": pub.bound.text() if pub else missing,
+            "log_px": _pm(r.log_px_ais, r.log_px_ais_ci95),
+            "paper_ais": pub.ais.text() if pub else missing,
+            "diff": "n/a" if math.isnan(diff) else f"{nats(diff)} ± {half:.2f}",
             "gap": _pm(r.gap, r.gap_ci95, approx),
-            "estimator": f"AIS {r.ais_steps} steps × {r.ais_chains} chains ({r.ais_schedule}, start: {r.ais_init}), "
-                         f"{r.n_test} test images",
-            "published": (f"{pub['log_px']} / {pub['elbo']} / {pub['gap']}" if pub else "not in the paper"),
+            "paper_gap": (("≈ " if pub.bound.approx else "") + f"{pub.gap:.1f}".replace("-", "−")) if pub else "–",
+            "protocol": f"{r.arch}, {r.train_steps} steps, {r.dataset} ({r.binarization} binarisation); AIS "
+                        f"{r.ais_steps} steps × {r.ais_chains} chains ({r.ais_schedule}, start: {r.ais_init}) on "
+                        f"{r.n_test} test images",
         })
     return out
 
 
+TABLE2_HEAD = ["model", "seeds", "ELBO (ours)", "log p(x) ≥ (paper)", "log p(x), AIS (ours)", "log p(x) ≈ (paper)",
+               "ours − paper, AIS", "gap (ours)", "gap (paper)", "protocol (ours)"]
+TABLE2_KEYS = ["model", "seeds", "elbo", "paper_bound", "log_px", "paper_ais", "diff", "gap", "paper_gap", "protocol"]
+
+
+def _cell(text: str) -> str:
+    return text.replace("|", "\\|")
+
+
 def table2_markdown(agg: pd.DataFrame) -> str:
-    head = ["model", "setup", "seeds", "log p(x) (AIS)", "ELBO", "gap", "estimator",
-            "published log p(x) / ELBO / gap (unverified)"]
-    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    """Our rows with the paper's two printed columns beside them, then the literature rows the paper quotes."""
+    lines = ["| " + " | ".join(TABLE2_HEAD) + " |", "|" + "---|" * len(TABLE2_HEAD)]
     for r in table2_rows(agg):
-        lines.append("| " + " | ".join(r[k] for k in ("model", "setup", "seeds", "log_px", "elbo", "gap",
-                                                          "estimator", "published")) + " |")
-    lines += ["", "Ours: mean over seeds ± 95 % Student-t half-width (no ± with one seed). ≈: AVB's ELBO and gap use "
-              "the adversary's KL estimate and are not bounds. " + PUBLISHED_NOTE + "."]
+        lines.append("| " + " | ".join(_cell(r[k]) for k in TABLE2_KEYS) + " |")
+    for row in published.literature_rows():
+        cells = [f"{row.label} ({row.reference}), quoted by the paper", "–", "–",
+                 row.bound.text() if row.bound else "–", "–", row.ais.text() if row.ais else "–", "–", "–",
+                 f"{row.gap:.1f}".replace("-", "−") if row.gap is not None else "–", "not run here; the paper's lower half"]
+        lines.append("| " + " | ".join(_cell(c) for c in cells) + " |")
+    lines += ["", "Columns: *log p(x) ≥* and *log p(x) ≈* are the paper's two printed columns (the ELBO, and the AIS "
+              "estimate; the literature rows' ≈ values are importance-sampling estimates, as the paper's caption "
+              "says). Ours: mean over seeds ± 95 % Student-t half-width (no ± with one seed). ≈: AVB's ELBO (and the "
+              "paper's bound for AVB, printed in parentheses for plain AVB) uses the adversary's KL estimate and is "
+              "not a bound. Gap = log p(x) − ELBO on each side. *ours − paper*: our AIS estimate minus the printed "
+              "one, ± a 95 % half-width combining ours (over seeds, or 1.96 × the standard error over test images "
+              "with one seed) and the paper's ± (taken as a standard error: the official code's std of 20 batch "
+              "means / √20). Literature rows are the paper's quotes of other work, run under other protocols; none "
+              "was run here. Source: " + published.SOURCE + "."]
     return "\n".join(lines) + "\n"
+
+
+def with_published(agg: pd.DataFrame) -> pd.DataFrame:
+    """The aggregate table with the paper's printed values and our distance to them as numeric columns."""
+    out = agg.copy()
+    cols = {k: [] for k in ("paper_bound", "paper_bound_pm", "paper_ais", "paper_ais_pm", "paper_gap",
+                            "diff_ais", "diff_ais_ci95")}
+    for r in agg.itertuples():
+        pub = published.table2_row(r.method, r.z_dim) if r.dataset == "mnist" else None
+        diff, half = diff_to_published(r, pub)
+        nan = float("nan")
+        cols["paper_bound"].append(pub.bound.value if pub else nan)
+        cols["paper_bound_pm"].append(pub.bound.pm if pub else nan)
+        cols["paper_ais"].append(pub.ais.value if pub else nan)
+        cols["paper_ais_pm"].append(pub.ais.pm if pub else nan)
+        cols["paper_gap"].append(pub.gap if pub else nan)
+        cols["diff_ais"].append(diff)
+        cols["diff_ais_ci95"].append(half)
+    return out.assign(**cols)
 
 
 def table2_latex(agg: pd.DataFrame) -> str:
@@ -155,7 +197,7 @@ def table2_latex(agg: pd.DataFrame) -> str:
 
 def write_table2(df: pd.DataFrame, out_csv: str | Path, out_md: str | Path, out_tex: str | Path) -> pd.DataFrame:
     agg = aggregate(df)
-    io.write_csv(agg, out_csv)
+    io.write_csv(with_published(agg), out_csv)
     io.write_text(table2_markdown(agg), out_md)
     io.write_text(table2_latex(agg), out_tex)
     return agg

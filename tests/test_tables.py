@@ -30,13 +30,45 @@ def test_one_seed_has_no_interval_and_configs_are_not_pooled():
     assert math.isnan(agg.loc[8, "log_px_ais_ci95"]) and agg.loc[32, "n_seeds"] == 2
 
 
-def test_table2_marks_estimates_and_published_values():
-    df = pd.concat([runs("vae", 8), runs("avb", 8), runs("vae", 8, dataset="static_mnist")], ignore_index=True)
-    md = tables.table2_markdown(tables.aggregate(df))
-    vae, avb, static = [line for line in md.splitlines() if line.startswith("| VAE") or line.startswith("| AVB")]
-    assert "−98.1 ± 0.5 / −100.8 ± 0.4 / 2.7 ± 0.5" in vae and "≈" not in vae.split("|")[5]
-    assert "≈ −83.6 ± 0.4" in avb and avb.split("|")[5].strip().startswith("≈")  # AVB's ELBO: an estimate
-    assert "static" in static and "not in the paper" in static  # published numbers are dynamic-MNIST only
-    assert "unverified" in md
-    tex = tables.table2_latex(tables.aggregate(df))
-    assert r"$\pm$" in tex and "±" not in tex and "≈" not in tex
+def _row(md, label):
+    return [c.strip() for c in next(line for line in md.splitlines() if line.startswith(f"| {label} ")).split("|")[1:-1]]
+
+
+def test_table2_puts_our_columns_beside_the_papers_printed_ones():
+    df = pd.concat([runs("vae", 8), runs("avb", 8), runs("avb", 32), runs("vae", 8, dataset="static_mnist")],
+                   ignore_index=True)
+    agg = tables.aggregate(df)
+    md = tables.table2_markdown(agg)
+    head = _row(md, "model")
+    vae = dict(zip(head, _row(md, "VAE (8-dim)")))
+    # the paper's two printed columns: the bound (ELBO) and the AIS estimate, never swapped
+    assert vae["log p(x) ≥ (paper)"] == "−98.1 ± 0.5" and vae["log p(x) ≈ (paper)"] == "−90.9 ± 0.6"
+    assert vae["gap (paper)"] == "7.2"  # −90.9 − (−98.1), derived from the printed columns
+    avb = dict(zip(head, _row(md, "AVB (8-dim)")))
+    assert avb["log p(x) ≥ (paper)"] == "(≈ −83.6 ± 0.4)" and avb["log p(x) ≈ (paper)"] == "−91.2 ± 0.6"
+    assert avb["ELBO (ours)"].startswith("≈") and avb["gap (paper)"] == "≈ −7.6"
+    assert dict(zip(head, _row(md, "AVB (32-dim)")))["log p(x) ≈ (paper)"] == "not in the paper"
+    # the old, recollected values appear nowhere
+    for old in ("−100.8", "−89.4", "2.7 ± 0.5", "2.2 ± 0.2", "0.7 ± 0.5"):
+        assert old not in md
+    # literature rows below ours, labelled as quotes, with IS marked
+    iaf = next(line for line in md.splitlines() if line.startswith("| VAE + IAF"))
+    assert "quoted by the paper" in iaf and "−80.8" in iaf and "−79.1 (IS)" in iaf
+    assert md.index("| VAE + IAF") > md.index("| AVB (32-dim)")
+    assert "not yet compared with the PMLR version" in md
+    static = next(line for line in md.splitlines() if "static" in line)
+    assert "n/a (the paper: dynamic MNIST only)" in static
+    tex = tables.table2_latex(agg)
+    assert r"$\pm$" in tex and "±" not in tex and "≈" not in tex and "?" not in tex
+
+
+def test_distance_to_the_published_ais_value_and_its_interval():
+    from scipy import stats
+    agg = tables.aggregate(runs("vae", 8))
+    wp = tables.with_published(agg).iloc[0]
+    assert math.isclose(wp.diff_ais, -91.0 - (-90.9), abs_tol=1e-9)
+    ours = stats.t.ppf(0.975, 2) * 1.0 / math.sqrt(3)
+    assert math.isclose(wp.diff_ais_ci95, math.hypot(ours, 1.959964 * 0.6), rel_tol=1e-6)
+    one = runs("vae", 8, values=(-90.0,)).assign(log_px_ais_se=0.5)
+    wp1 = tables.with_published(tables.aggregate(one)).iloc[0]  # one seed: the standard error over test images
+    assert math.isclose(wp1.diff_ais_ci95, 1.959964 * math.hypot(0.5, 0.6), rel_tol=1e-6)
