@@ -136,6 +136,23 @@ def _include(md_text: str) -> list[str]:
     return [re.sub(r"^#{1,2} ", "### ", line) for line in lines]
 
 
+PER_RUN = ("fig7_png", "fig7_pdf", "interp_png", "interp_pdf")
+RUN_DIR = re.compile(r"(?P<dataset>[^/]+)/(?P<method>[^/]+)/z(?P<z_dim>\d+)/seed(?P<seed>\d+)/[^/]+$")
+
+
+def run_name(path: Path) -> str:
+    """``mnist_vae_z8_seed0`` for a file in ``.../mnist/vae/z8/seed0/``."""
+    m = RUN_DIR.search(path.as_posix())
+    if m is None:
+        raise ValueError(f"{path}: not a file of a <dataset>/<method>/z<z>/seed<s>/ run folder")
+    return f"{m['dataset']}_{m['method']}_z{m['z_dim']}_seed{m['seed']}"
+
+
+def run_label(path: Path) -> str:
+    m = RUN_DIR.search(path.as_posix())
+    return f"{tables.LABELS.get(m['method'], m['method'])} ({m['z_dim']}-dim, {m['dataset']}, seed {m['seed']})"
+
+
 def render(cfg: dict[str, Any], out_dir: str | Path, inputs: dict[str, str | None]) -> None:
     """Write the report. ``inputs`` maps names (provenance_json, table2_md, summary_csv, summary_md, per_image (a
     comma-separated list), samples_png/pdf, convergence_png/pdf, toy_md, toy_png/pdf, schools_md, schools_png/pdf)
@@ -144,13 +161,19 @@ def render(cfg: dict[str, Any], out_dir: str | Path, inputs: dict[str, str | Non
     preset = cfg["preset"]
     prov = provenance()
     per_image = [p for p in (inputs.get("per_image") or "").split(",") if p]
-    have = {k: Path(v) for k, v in inputs.items() if v and k != "per_image" and Path(v).exists()}
+    # per-run figures (comma-separated lists, one file per run); every other input is one file
+    per_run = {k: [Path(p) for p in (inputs.get(k) or "").split(",") if p and Path(p).exists()] for k in PER_RUN}
+    have = {k: Path(v) for k, v in inputs.items()
+            if v and k != "per_image" and k not in PER_RUN and Path(v).exists()}
+
+    def copy_file(src: Path, name: str) -> str:
+        dst = out / "figures" / f"{preset}_{name}"
+        with io.atomic_path(dst) as tmp:
+            shutil.copyfile(src, tmp)
+        return str(dst.relative_to(out))
 
     def copy(key: str) -> str:
-        dst = out / "figures" / f"{preset}_{have[key].name}"
-        with io.atomic_path(dst) as tmp:
-            shutil.copyfile(have[key], tmp)
-        return str(dst.relative_to(out))
+        return copy_file(have[key], have[key].name)
 
     def figure(key: str, caption: str) -> list[str]:
         if f"{key}_png" not in have:
@@ -158,6 +181,17 @@ def render(cfg: dict[str, Any], out_dir: str | Path, inputs: dict[str, str | Non
         if f"{key}_pdf" in have:
             copy(f"{key}_pdf")
         return [f"![{caption}]({copy(key + '_png')})", ""]
+
+    def run_figures(key: str, caption: str) -> list[str]:
+        """One figure per run (its own file, so 18 runs stay readable), captioned with the run."""
+        lines = []
+        pdfs = {run_name(p): p for p in per_run.get(f"{key}_pdf", [])}
+        for png in per_run.get(f"{key}_png", []):
+            name = run_name(png)
+            if name in pdfs:
+                copy_file(pdfs[name], f"{name}_{pdfs[name].name}")
+            lines += [f"![{caption} {run_label(png)}.]({copy_file(png, f'{name}_{png.name}')})", ""]
+        return lines
 
     summary = pd.read_csv(have["summary_csv"])
     pairs = paired(per_image)
@@ -180,8 +214,10 @@ def render(cfg: dict[str, Any], out_dir: str | Path, inputs: dict[str, str | Non
           *figure("samples", "Decoder samples, test images over their reconstructions, and the training ELBO."),
           *figure("convergence", "AIS log p(x) against the number of annealing steps, and the BDMC sandwich on "
                                  "simulated images."),
-          *figure("fig7", "Figure 7 replica: training images (left) beside random samples of each run (right)."),
-          *figure("interp", "Latent interpolations between test images, one row per pair, per run.")]
+          *(["### Figure 7 replica: training images beside samples, per run", ""] if per_run["fig7_png"] else []),
+          *run_figures("fig7", "Training images (left) beside decoder means at 64 prior draws (right):"),
+          *(["### Latent interpolations between test images, per run", ""] if per_run["interp_png"] else []),
+          *run_figures("interp", "Latent interpolations between pairs of test images (one row per pair):")]
     if "toy_md" in have:
         md += ["## Four-image toy (exact log p(x); optimum −log 4)", "",
                *(["### Table 1 replica", "", *_include(have["toy_table1_md"].read_text()), ""]

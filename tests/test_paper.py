@@ -145,3 +145,24 @@ def test_mnist_figures_raise_no_deprecation_warnings(tmp_path, monkeypatch):
     pd.DataFrame(rows).to_csv(tmp_path / "c.csv", index=False)
     figures.ais_convergence([tmp_path / "c.csv"], tmp_path / "c.png", tmp_path / "c.pdf")
     assert all((tmp_path / f).stat().st_size > 1000 for f in ("s.png", "s.pdf", "c.png", "c.pdf"))
+
+
+def test_render_shows_one_figure_per_run_with_its_label(tmp_path):
+    res = tmp_path / "results"
+    res.mkdir()
+    df = summary()
+    df.to_csv(res / "summary.csv", index=False)
+    tables.write_table2(df, res / "table2.csv", res / "table2.md", res / "table2.tex")
+    pngs = []
+    for method in ("vae", "avb"):
+        d = tmp_path / "runs" / "mnist" / method / "z8" / "seed0"
+        d.mkdir(parents=True)
+        (d / "fig7.png").write_bytes(b"png of " + method.encode())
+        pngs.append(str(d / "fig7.png"))
+    cfg = avb_config.validate({"preset": "t"}, "test")
+    out = tmp_path / "paper"
+    paper.render(cfg, out, {"summary_csv": str(res / "summary.csv"), "table2_md": str(res / "table2.md"),
+                            "fig7_png": ",".join(pngs)})
+    md = (out / "replication.md").read_text()
+    assert "Figure 7 replica" in md and "VAE (8-dim, mnist, seed 0)" in md and "AVB (8-dim, mnist, seed 0)" in md
+    assert (out / "figures" / "t_mnist_avb_z8_seed0_fig7.png").read_bytes() == b"png of avb"

@@ -1,5 +1,7 @@
 """The Snakemake pipeline end to end on a tiny config, and config validation."""
 import json
+import os
+import re
 from pathlib import Path
 
 import pandas as pd
@@ -11,6 +13,8 @@ from snakemake_helpers import job_stats
 from snakemake_helpers import snakemake as run_snakemake
 
 ROOT = Path(__file__).resolve().parent.parent
+# Where the tests' MNIST comes from (the same folder avb.data finds without a data_dir)
+DATA_ROOT = Path(os.environ.get("AVB_DATA_DIR") or ROOT.parent / "shared" / "data")
 TINY = {
     "preset": "tiny", "methods": ["vae", "avb", "avb_ac"], "z_dims": [2], "seeds": [0],
     "model": {"hidden": 32, "eps_dim": 4, "eps_nbasis": 2, "adv_hidden": 16, "adv_embed": 16, "adv_layers": 1},
@@ -50,15 +54,29 @@ def test_pipeline_produces_summary_and_reruns_nothing(tmp_path):
     # A completed pipeline has nothing left to do.
     dry = snakemake(tmp_path, "--configfile", str(cfg), "-n")
     assert dry.returncode == 0 and "Nothing to be done" in dry.stdout + dry.stderr
-    # Changing an eval setting reruns the evaluations and the report, not the training.
+    # Changing the main evaluation's budgets reruns the evaluations and the report: not the training, and not the
+    # AIS-budget study, which runs budgets of its own.
     cfg2 = tmp_path / "tiny2.yaml"
-    cfg2.write_text(yaml.safe_dump({**TINY, "eval": {**TINY["eval"], "ais_steps": 4}}))
+    cfg2.write_text(yaml.safe_dump({**TINY, "eval": {**TINY["eval"], "ais_steps": 4, "n_test": 6}}))
     dry = snakemake(tmp_path, "--configfile", str(cfg2), "-n")
     assert dry.returncode == 0, dry.stderr[-3000:]
-    assert job_stats(dry.stdout + dry.stderr) == {"evaluate": 3, "ais_convergence": 3, "report": 1, "all": 1,
+    assert job_stats(dry.stdout + dry.stderr) == {"eval_config": 3, "evaluate": 3, "report": 1, "all": 1,
                                                   "total": 8}
+    # Each training tracks only what it reads: adversary and encoder-noise settings never retrain the VAE ...
+    per_run = ("run_config", "train", "evaluate", "ais_convergence", "run_figures")
+    adv = {**TINY, "model": {**TINY["model"], "adv_hidden": 12, "adv_embed": 12, "adv_layers": 2, "eps_dim": 3,
+                             "eps_nbasis": 3},
+           "train": {**TINY["train"], "lr_adversary": 3e-4, "adversary_steps": 2}}
+    assert dry_jobs(tmp_path, adv) == {(rule, m) for rule in per_run for m in ("avb", "avb_ac")}
+    # ... and the noise-basis size only AVB + AC.
+    nbasis = {**TINY, "model": {**TINY["model"], "eps_nbasis": 3}}
+    assert dry_jobs(tmp_path, nbasis) == {(rule, "avb_ac") for rule in per_run}
+    # Data are tracked by their checksum, not by their folder: data found elsewhere retrain nothing.
+    moved = tmp_path / "moved data"
+    moved.symlink_to(DATA_ROOT, target_is_directory=True)
+    assert dry_jobs(tmp_path, {**TINY, "data_dir": str(moved)}) == set()
     # The Table 2 replica and the convergence figure are part of the report.
-    assert "unverified" in (out / "table2.md").read_text() and r"\toprule" in (out / "table2.tex").read_text()
+    assert "not yet compared with the PMLR version" in (out / "table2.md").read_text() and r"\toprule" in (out / "table2.tex").read_text()
     conv = pd.concat(pd.read_csv(p) for p in out.glob("runs/*/*/*/*/ais_convergence.csv"))
     assert sorted(conv.n_steps.unique()) == [2, 4] and set(conv.estimate) == {"ais_test", "bdmc_lower", "bdmc_upper"}
     assert (out / "ais_convergence.pdf").stat().st_size > 1000
@@ -76,6 +94,47 @@ def test_pipeline_produces_summary_and_reruns_nothing(tmp_path):
     # ... and the paper invocation's own record does not make paper/ outdated.
     dry = snakemake(tmp_path, "paper", "--configfile", str(cfg), "-n")
     assert dry.returncode == 0 and "Nothing to be done" in dry.stdout + dry.stderr
+    # A failed render (here: latexmk fails) leaves the previous paper/ as it was (Snakemake deletes only the stamp).
+    before = {p: (tmp_path / "paper" / p).read_bytes() for p in ("replication.md", "main.tex")}
+    fake = tmp_path / "fakebin"
+    fake.mkdir()
+    (fake / "latexmk").write_text("#!/bin/sh\necho 'latexmk: simulated failure' >&2\nexit 1\n")
+    (fake / "latexmk").chmod(0o755)
+    r = run_snakemake(tmp_path, "--cores", "1", "paper", "--forcerun", "paper", "--configfile", str(cfg),
+                      path_first=fake)
+    assert r.returncode != 0 and "simulated failure" in (out / "logs/paper.log").read_text()
+    assert {p: (tmp_path / "paper" / p).read_bytes() for p in before} == before
+    assert not (out / "paper.json").exists() and not list(tmp_path.glob(".paper.staging-*"))
+
+
+def dry_jobs(workdir: Path, cfg: dict) -> set[tuple[str, str]]:
+    """(rule, method) of every per-run job a dry run of ``cfg`` (in place of the completed tiny run) would run."""
+    path = workdir / "changed.yaml"
+    path.write_text(yaml.safe_dump(cfg))
+    dry = snakemake(workdir, "--configfile", str(path), "-n")
+    assert dry.returncode == 0, dry.stderr[-3000:]
+    text = dry.stdout + dry.stderr
+    return {(m.group(1), m.group(2)) for m in
+            re.finditer(r"^(?:local)?rule (\w+):\n(?:    .*\n)*?    wildcards: .*?method=(\w+)", text, re.M)}
+
+
+@pytest.mark.slow
+def test_odd_paths_reach_jobs_quoted(tmp_path):
+    """results_dir and data_dir with spaces, quotes and `$(...)`: the outputs land at the literal paths, the data are
+    read from the literal folder, and no command hidden in a path runs."""
+    data = tmp_path / "da ta $(touch DATA_PWNED) 'x\"y"
+    data.symlink_to(DATA_ROOT, target_is_directory=True)
+    results = "res ults/$(touch PWNED) it's \"q\""
+    cfg = tmp_path / "odd.yaml"
+    cfg.write_text(yaml.safe_dump({**TINY, "methods": ["avb_ac"], "results_dir": results, "data_dir": str(data)}))
+    run = Path(results) / "tiny/runs/mnist/avb_ac/z2/seed0"
+    r = snakemake(tmp_path, str(run / "eval.json"), str(run / "ais_convergence.csv"), "--configfile", str(cfg))
+    assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
+    assert (tmp_path / run / "eval.json").is_file() and (tmp_path / run / "ais_convergence.csv").is_file()
+    assert json.loads((tmp_path / run / "config.json").read_text())["dataset"] == "mnist"
+    assert str(data) in (tmp_path / run / "logs/train.log").read_text()  # the data came from data_dir
+    assert [p for p in tmp_path.rglob("*") if p.name in ("PWNED", "DATA_PWNED")] == []
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted([".snakemake", "odd.yaml", data.name, "res ults"])
 
 
 def test_unknown_config_key_fails_naming_it_and_writes_nothing(tmp_path):
@@ -90,12 +149,13 @@ def test_unknown_config_key_fails_naming_it_and_writes_nothing(tmp_path):
 def test_schema_fills_defaults_and_rejects_bad_values():
     cfg = avb_config.validate({"preset": "x"})
     assert cfg["train"]["adam_beta1"] == 0.5 and cfg["eval"]["ais_steps"] == 1000 and cfg["eval"]["ais_chains"] == 5
-    with pytest.raises(avb_config.ConfigError, match=r"z_dims\.0"):
+    with pytest.raises(avb_config.ConfigError, match=r"z_dims\[0\]"):
         avb_config.validate({"preset": "x", "z_dims": [0]})
-    with pytest.raises(avb_config.ConfigError, match=r"methods\.0"):
+    with pytest.raises(avb_config.ConfigError, match=r"methods\[0\]"):
         avb_config.validate({"preset": "x", "methods": ["iwae"]})
     run = avb_config.run_config(avb_config.validate(
-        {"preset": "x", "method_overrides": {"vae": {"train": {"lr": 1e-4, "batch_size": 64}}}}), "mnist", "vae", 8, 0)
+        {"preset": "x", "overrides": [{"match": {"method": "vae"}, "train": {"lr": 1e-4, "batch_size": 64}}]}),
+        "mnist", "vae", 8, 0)
     assert run["train"]["lr"] == 1e-4 and run["train"]["batch_size"] == 64 and run["train"]["adam_beta1"] == 0.5
 
 
