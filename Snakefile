@@ -15,7 +15,10 @@ if not workflow.overwrite_configfiles:
     configfile: "config/quick.yaml"
 report: "workflow/report/workflow.rst"
 
+# Snakemake's YAML loader keeps the last of a key written twice; re-read each preset file with one that refuses it.
 try:
+    for _configfile in workflow.configfiles:  # the --configfile files, else config/quick.yaml
+        avb_config.read_yaml(_configfile)
     config = avb_config.validate(config, "config (see workflow/schemas/config.schema.yaml)")
 except avb_config.ConfigError as err:
     raise WorkflowError(str(err))
@@ -26,6 +29,7 @@ include: "workflow/rules/evaluate.smk"
 include: "workflow/rules/report.smk"
 include: "workflow/rules/toy.smk"
 include: "workflow/rules/schools.smk"
+include: "workflow/rules/claims.smk"
 include: "workflow/rules/paper.smk"
 
 # Provenance: each invocation that runs jobs appends its commit, machine, command and wall time (avb/provenance.py).
@@ -55,7 +59,10 @@ rule all:
         f"{OUT}/samples_and_curves.pdf",
         f"{OUT}/table2.md",
         f"{OUT}/table2.tex",
+        f"{OUT}/claims.csv",
+        f"{OUT}/claims.md",
         [f"{OUT}/ais_convergence.png", f"{OUT}/ais_convergence.pdf"] if config["convergence"]["enabled"] else [],
+        [path for name in RUN_FIGURES for path in run_files(name)],
         TOY_TARGETS,
         SCHOOLS_TARGETS,
     default_target: True

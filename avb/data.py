@@ -1,10 +1,14 @@
 """Datasets: MNIST / Fashion-MNIST with dynamic binarisation and Larochelle's static binarised MNIST.
 
-Where the files come from (first hit wins, and the choice is logged):
-  1. the ``data_dir`` config key,  2. the ``AVB_DATA_DIR`` environment variable,
-  3. ``../shared/data`` beside the checkout (when present),
-  4. a download into the cache dir (``AVB_CACHE_DIR`` or ``~/.cache/avb``) via torchvision / urllib.
-Every file is checked against its published checksum before use. Source folders are only read.
+Where the files come from (the choice is logged):
+  1. the ``data_dir`` config key, else 2. the ``AVB_DATA_DIR`` environment variable: an explicit folder is the only
+     source. If it is missing, or lacks a file the dataset needs, that is an error naming the folder and the file:
+     no fallback to another folder or a download;
+  3. without either, ``../shared/data`` beside the checkout (when present, and it must then hold all of a
+     dataset's files or none), else 4. a download into the cache dir (``AVB_CACHE_DIR`` or ``~/.cache/avb``) via
+     torchvision / urllib.
+Every file read (images and labels; found or downloaded) is checked against its published checksum before use; a
+truncated or corrupt file is an error naming it. Source folders are only read.
 
 Splits (fixed, as the official code's ``tools/download_mnist.py`` with TF ``read_data_sets(validation_size=5000)``):
 MNIST / Fashion-MNIST training file images 0..4999 are the validation set, 5000..59999 the training set
@@ -16,6 +20,7 @@ import gzip
 import hashlib
 import logging
 import os
+import zlib
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -84,13 +89,22 @@ def cache_dir() -> Path:
     return Path(os.environ.get("AVB_CACHE_DIR", Path.home() / ".cache" / "avb"))
 
 
-def candidate_roots(data_dir: str | os.PathLike | None = None) -> list[tuple[str, Path]]:
-    """Roots to search, in order, each with a label saying where it came from."""
-    roots: list[tuple[str, Path]] = []
+def explicit_root(data_dir: str | os.PathLike | None = None) -> tuple[str, Path] | None:
+    """The folder the user named (config ``data_dir``, else ``AVB_DATA_DIR``) with its label, or None."""
     if data_dir:
-        roots.append(("config data_dir", Path(data_dir)))
+        return "config data_dir", Path(data_dir)
     if os.environ.get("AVB_DATA_DIR"):
-        roots.append(("env AVB_DATA_DIR", Path(os.environ["AVB_DATA_DIR"])))
+        return "env AVB_DATA_DIR", Path(os.environ["AVB_DATA_DIR"])
+    return None
+
+
+def candidate_roots(data_dir: str | os.PathLike | None = None) -> list[tuple[str, Path]]:
+    """Roots to search, in order, each with a label saying where it came from: the explicit folder alone where
+    there is one, else ``../shared/data`` (where present)."""
+    explicit = explicit_root(data_dir)
+    if explicit is not None:
+        return [explicit]
+    roots: list[tuple[str, Path]] = []
     for p in _repo_shared():
         if p.is_dir():
             roots.append(("../shared/data", p.resolve()))
@@ -99,13 +113,22 @@ def candidate_roots(data_dir: str | os.PathLike | None = None) -> list[tuple[str
 
 
 def _read_checked(path: Path, algo: str, expected: str, decompress: bool = False) -> bytes:
+    """The bytes of ``path`` (decompressed first with ``decompress``) after checking their ``algo`` digest."""
     if not path.is_file():
         raise DataError(f"missing data file {path} (expected {algo} {expected})")
-    raw = path.read_bytes()
-    data = gzip.decompress(raw) if decompress else raw
+    try:
+        raw = path.read_bytes()
+    except OSError as err:
+        raise DataError(f"cannot read data file {path}: {err}") from None
+    try:
+        data = gzip.decompress(raw) if decompress else raw
+    except (EOFError, OSError, zlib.error) as err:  # gzip.BadGzipFile is an OSError
+        raise DataError(f"data file {path} ({len(raw)} bytes) is truncated or not a gzip file ({err}); replace it "
+                        f"(expected {algo} {expected})") from None
     got = _digest(data, algo)
     if got != expected:
-        raise DataError(f"checksum mismatch for {path}: {algo} is {got}, expected {expected}")
+        raise DataError(f"checksum mismatch for {path} ({len(raw)} bytes): {algo} is {got}, expected {expected}; the "
+                        f"file is corrupt or truncated, replace it")
     return raw if not decompress else data
 
 
@@ -126,7 +149,21 @@ def _parse_amat(text: bytes, n_expected: int) -> np.ndarray:
 
 
 def _find(name: str, files: dict[str, str], algo: str, data_dir) -> tuple[str, Path] | None:
-    """First root that holds the dataset's files. A root holding only some of them is an error."""
+    """First root that holds the dataset's files. A root holding only some of them is an error; so is an explicit
+    folder (``explicit_root``) that is missing or lacks one of them (it is the only source then)."""
+    explicit = explicit_root(data_dir)
+    if explicit is not None:
+        label, root = explicit
+        if not root.is_dir():
+            raise DataError(f"{name}: the {label} folder {root} does not exist; an explicit data folder is the only "
+                            f"source (unset it to use ../shared/data or a download)")
+        missing = [r for r in files if not (root / r).is_file()]
+        if missing:
+            more = f" and {len(missing) - 1} more" if len(missing) > 1 else ""
+            raise DataError(f"{name}: missing data file {root / missing[0]} in the {label} folder {root} (expected "
+                            f"{algo} {files[missing[0]]}){more}; an explicit data folder is the only source (unset "
+                            f"it to use ../shared/data or a download)")
+        return label, root
     for label, root in candidate_roots(data_dir):
         present = {r: (root / r).is_file() for r in files}
         if all(present.values()):
@@ -148,8 +185,9 @@ def _load_idx(name: str, data_dir) -> Splits:
         label, root = hit
     imgs = {}
     for f, md5 in files.items():
+        raw = _read_checked(root / folder / "raw" / f, "md5", md5)  # labels too: every file is verified
         if "images" in f:
-            imgs[f] = _parse_idx_images(_read_checked(root / folder / "raw" / f, "md5", md5))
+            imgs[f] = _parse_idx_images(raw)
     train_all = imgs["train-images-idx3-ubyte.gz"]
     source = f"{label}: {root / folder / 'raw'}"
     log.info("dataset %s read from %s", name, source)

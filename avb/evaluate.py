@@ -7,6 +7,11 @@ the outputs say so (``elbo_is_bound``). The IWAE bound with ``iwae_samples`` sam
 AIS starts from: the VAE encoder's Gaussian, AVB+AC's Gaussian r(z|x); plain AVB's implicit encoder has no density,
 so its IWAE is NaN and ``iwae_note`` says why. Optional ``ais_memory_mb`` caps the rows per decoder call of AIS and
 IWAE by a memory budget (no effect on the numbers; see ``avb.ais``).
+
+AVB + AC's Gaussian r(z|x) (AIS start, IWAE proposal, ELBO estimate) uses moments of q(z|x) estimated from
+``eval.ac_moment_draws`` noise draws (default: the run's training batch size) from the evaluation's own generator,
+whatever the number of images in a batch (``avb.objectives.MomentDraws``); training keeps the official in-batch
+estimate.
 """
 from __future__ import annotations
 
@@ -22,22 +27,36 @@ import torch
 from . import data, io
 from .ais import estimate_log_likelihood, rows_for_memory
 from .bounds import IMPLICIT_NOTE, PROPOSAL_NOTES, bdmc, iwae_bound, simulate_bernoulli
-from .objectives import Method
+from .objectives import Method, MomentDraws
 from .train import load_model, resolve_device
 
 
-def test_images(run: dict[str, Any], n_test: int, seed: int) -> torch.Tensor:
-    """The first ``n_test`` test images, binarised with ``seed`` (a fixed draw, identical across models)."""
-    splits = data.load(run["dataset"], run.get("data_dir"))
+def test_images(run: dict[str, Any], n_test: int, seed: int, data_dir: str | Path | None = None) -> torch.Tensor:
+    """The first ``n_test`` test images, binarised with ``seed`` (a fixed draw, identical across models). The data
+    come from ``data_dir`` (else ``run["data_dir"]``, else ``avb.data``'s search) and must be those the run was
+    trained on (``avb.config.check_data``)."""
+    from .config import check_data
+
+    splits = data.load(run["dataset"], data_dir if data_dir is not None else run.get("data_dir"))
+    check_data(run, splits)
     if n_test > len(splits.test):
         raise ValueError(f"eval.n_test = {n_test} exceeds the {len(splits.test)} test images of {run['dataset']}")
     return data.binarize(splits.test[:n_test], splits.static, torch.Generator().manual_seed(seed))
 
 
+def moment_draws(settings: dict[str, Any], run: dict[str, Any], seed_offset: int = 4) -> MomentDraws:
+    """The AC moment draws of an evaluation: ``eval.ac_moment_draws`` (null: the run's ``train.batch_size``) per
+    call, from a generator of their own seeded with ``eval.seed + seed_offset`` (the AIS and IWAE streams, and every
+    number of the VAE and plain AVB, stay as they were)."""
+    n = settings.get("ac_moment_draws") or run["train"]["batch_size"]
+    return MomentDraws(int(n), torch.Generator().manual_seed(settings["seed"] + seed_offset))
+
+
 @torch.no_grad()
-def elbo_per_image(model: Method, x: torch.Tensor, n_samples: int) -> torch.Tensor:
+def elbo_per_image(model: Method, x: torch.Tensor, n_samples: int,
+                   moments: MomentDraws | None = None) -> torch.Tensor:
     """Mean over ``n_samples`` posterior draws of -recon - KL per image (KL: analytic or adversary estimate)."""
-    return torch.stack([model(x).elbo for _ in range(n_samples)]).mean(0)
+    return torch.stack([model(x, moments).elbo for _ in range(n_samples)]).mean(0)
 
 
 def iwae_per_image(model: Method, method: str, x: torch.Tensor, init: tuple[torch.Tensor, torch.Tensor] | None,
@@ -55,7 +74,8 @@ def iwae_per_image(model: Method, method: str, x: torch.Tensor, init: tuple[torc
     return values.cpu().numpy(), PROPOSAL_NOTES.get(method, "proposal: the Gaussian AIS starts from")
 
 
-def bdmc_on_simulated(model: Method, settings: dict[str, Any], generator: torch.Generator) -> dict[str, float]:
+def bdmc_on_simulated(model: Method, settings: dict[str, Any], generator: torch.Generator,
+                      moments: MomentDraws | None = None) -> dict[str, float]:
     """BDMC sandwich on ``settings['bdmc_images']`` images simulated from the model, with the AIS settings.
 
     z ~ p(z), x ~ p(x|z) makes z an exact posterior draw, so reverse AIS from it gives a stochastic upper bound and
@@ -68,7 +88,7 @@ def bdmc_on_simulated(model: Method, settings: dict[str, Any], generator: torch.
                 "bdmc_width_se": math.nan}
     x, z = simulate_bernoulli(model.decoder, n, model.z_dim, generator)
     with torch.no_grad():
-        init = model.ais_init(x)
+        init = model.ais_init(x, moments)
     res = bdmc(model.decoder.log_likelihood, x, z, n_steps=settings["ais_steps"], n_chains=settings["ais_chains"],
                init=init, schedule=settings["ais_schedule"], leapfrog_steps=settings["leapfrog_steps"],
                generator=generator, eps=settings["ais_eps"], adapt=settings["ais_adapt"],
@@ -80,21 +100,22 @@ def bdmc_on_simulated(model: Method, settings: dict[str, Any], generator: torch.
 
 
 def evaluate(model_path: str | Path, settings: dict[str, Any], out_csv: str | Path, out_json: str | Path,
-             progress: bool = True) -> dict[str, Any]:
+             progress: bool = True, data_dir: str | Path | None = None) -> dict[str, Any]:
     """Run AIS, the ELBO and the IWAE bound on the test subset; writes per-image CSV and a summary JSON atomically."""
     device = resolve_device(settings["device"])
     model, run = load_model(model_path, device)
     torch.manual_seed(settings["seed"])
-    x_all = test_images(run, settings["n_test"], settings["seed"]).to(device)
+    x_all = test_images(run, settings["n_test"], settings["seed"], data_dir).to(device)
     gen = torch.Generator().manual_seed(settings["seed"] + 1)
     iwae_gen = torch.Generator().manual_seed(settings["seed"] + 2)  # its own stream: AIS numbers stay as they were
+    moments = moment_draws(settings, run)  # AC's r(z|x) from a fixed number of draws, not the batch's images
     iwae_k = int(settings["iwae_samples"])
     memory_mb = settings["ais_memory_mb"]
     frames, t0 = [], time.perf_counter()
     for start in range(0, len(x_all), settings["batch_size"]):
         x = x_all[start:start + settings["batch_size"]]
         with torch.no_grad():
-            init = model.ais_init(x)
+            init = model.ais_init(x, moments)
         res = estimate_log_likelihood(
             model.decoder.log_likelihood, x, model.z_dim, n_steps=settings["ais_steps"],
             n_chains=settings["ais_chains"], init=init, schedule=settings["ais_schedule"],
@@ -107,7 +128,7 @@ def evaluate(model_path: str | Path, settings: dict[str, Any], out_csv: str | Pa
             "image": np.arange(start, start + len(x)),
             "log_px_ais": res.log_px.cpu().numpy(),
             "ess": res.ess.cpu().numpy(),
-            "elbo": elbo_per_image(model, x, settings["elbo_samples"]).cpu().numpy(),
+            "elbo": elbo_per_image(model, x, settings["elbo_samples"], moments).cpu().numpy(),
             "iwae": iwae,
             "iwae_samples": iwae_k,
             "final_accept_rate": res.accept_trace[-1] if res.accept_trace else math.nan,
@@ -129,18 +150,23 @@ def evaluate(model_path: str | Path, settings: dict[str, Any], out_csv: str | Pa
         "n_test": n, "ais_steps": settings["ais_steps"], "ais_chains": settings["ais_chains"],
         "ais_schedule": settings["ais_schedule"], "ais_adapt": settings["ais_adapt"],
         "ais_init": "prior" if run["method"] == "avb" else "encoder gaussian",
+        "ac_moment_draws": moments.n if run["method"] == "avb_ac" else None,
         "mean_ess": float(per_image.ess.mean()), "eval_seconds": time.perf_counter() - t0,
     }
     summary["gap"] = summary["log_px_ais"] - summary["elbo"]
-    summary.update(bdmc_on_simulated(model, settings, torch.Generator().manual_seed(settings["seed"] + 3)))
+    summary.update(bdmc_on_simulated(model, settings, torch.Generator().manual_seed(settings["seed"] + 3),
+                                     moment_draws(settings, run, seed_offset=5)))
     summary["eval_seconds"] = time.perf_counter() - t0
+    # never write a NaN / inf log p(x) or ELBO: an error naming the model instead (issue 13)
+    io.require_finite({"log_px_ais": per_image.log_px_ais, "elbo": per_image.elbo}, f"evaluation of {model_path}")
     io.write_csv(per_image, out_csv)
     io.write_json(summary, out_json)
     return summary
 
 
 def ais_convergence(model_path: str | Path, settings: dict[str, Any], steps: list[int], n_images: int,
-                    out_csv: str | Path, progress: bool = True) -> pd.DataFrame:
+                    out_csv: str | Path, progress: bool = True,
+                    data_dir: str | Path | None = None) -> pd.DataFrame:
     """AIS estimates against the number of annealing steps, and the BDMC sandwich at each budget.
 
     For each budget: forward AIS on the first ``n_images`` test images (the number the tables report, at a smaller
@@ -149,12 +175,15 @@ def ais_convergence(model_path: str | Path, settings: dict[str, Any], steps: lis
     """
     device = resolve_device(settings["device"])
     model, run = load_model(model_path, device)
-    x_test = test_images(run, n_images, settings["seed"]).to(device)
+    x_test = test_images(run, n_images, settings["seed"], data_dir).to(device)
     x_sim, z_sim = simulate_bernoulli(model.decoder, n_images, model.z_dim,
                                       torch.Generator().manual_seed(settings["seed"] + 3))
     common = dict(n_chains=settings["ais_chains"], schedule=settings["ais_schedule"],
                   leapfrog_steps=settings["leapfrog_steps"], eps=settings["ais_eps"], adapt=settings["ais_adapt"],
                   leapfrog=settings["ais_leapfrog"], memory_mb=settings["ais_memory_mb"])
+    moments = moment_draws(settings, run)
+    with torch.no_grad():  # one r(z|x) for every budget, from a fixed number of draws (not n_images)
+        init_test, init_sim = model.ais_init(x_test, moments), model.ais_init(x_sim, moments)
     rows = []
 
     def add(n_steps: int, estimate: str, values: torch.Tensor) -> None:
@@ -165,8 +194,6 @@ def ais_convergence(model_path: str | Path, settings: dict[str, Any], steps: lis
 
     for n_steps in steps:
         gen = torch.Generator().manual_seed(settings["seed"] + 1)
-        with torch.no_grad():
-            init_test, init_sim = model.ais_init(x_test), model.ais_init(x_sim)
         fwd = estimate_log_likelihood(model.decoder.log_likelihood, x_test, model.z_dim, n_steps=n_steps,
                                       init=init_test, generator=gen, progress=progress, **common)
         add(n_steps, "ais_test", fwd.log_px)

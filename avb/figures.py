@@ -1,5 +1,6 @@
-"""Figures (PNG + PDF): decoder samples and reconstructions of each model beside the training curves, and AIS
-against the annealing budget with the BDMC sandwich."""
+"""Figures (PNG + PDF): decoder samples and reconstructions of each model beside the training curves, AIS against
+the annealing budget with the BDMC sandwich, and per run the Figure 7 replica (training images beside samples) and
+latent interpolations between test images, as the official training script writes them."""
 from __future__ import annotations
 
 from pathlib import Path
@@ -13,15 +14,16 @@ import pandas as pd  # noqa: E402
 import seaborn as sns  # noqa: E402
 import torch  # noqa: E402
 
-from . import io  # noqa: E402
+from . import data, io  # noqa: E402
+from .objectives import VAE, Method  # noqa: E402
 from .tables import LABELS  # noqa: E402
 from .train import load_model  # noqa: E402
 
 
-def tile(images: np.ndarray, cols: int) -> np.ndarray:
-    """[N, 28, 28] images into one grid with 1-pixel borders, ``cols`` per row."""
+def tile(images: np.ndarray, cols: int, pad_value: float = 1.0) -> np.ndarray:
+    """[N, 28, 28] images into one grid with 1-pixel borders of ``pad_value``, ``cols`` per row."""
     rows = int(np.ceil(len(images) / cols))
-    grid = np.ones((rows * 29 + 1, cols * 29 + 1))
+    grid = np.full((rows * 29 + 1, cols * 29 + 1), pad_value)
     for i, img in enumerate(images):
         r, c = divmod(i, cols)
         grid[1 + r * 29:1 + r * 29 + 28, 1 + c * 29:1 + c * 29 + 28] = img
@@ -44,7 +46,7 @@ def reconstruction_grid(model_path: str | Path, n: int = 8, seed: int = 0) -> np
     from .evaluate import test_images
 
     model, run = load_model(model_path)
-    x = test_images(run, max(n, 16), seed)  # AC's moments are batch statistics: give the encoder a batch
+    x = test_images(run, max(n, 16), seed)  # 16: the binarisation draw of earlier figures (z ~ q needs no batch)
     torch.manual_seed(seed)
     z = model.encode(x)[0] if hasattr(model, "encode") else model.ais_init(x)[0]
     recon = torch.sigmoid(model.decoder(z))
@@ -117,3 +119,91 @@ def ais_convergence(csvs: list[str | Path], out_png: str | Path, out_pdf: str | 
 
 def run_label(run: dict) -> str:
     return f"{LABELS[run['method']]} z={run['z_dim']} s{run['seed']}"
+
+
+# --- per run: the Figure 7 replica and latent interpolations --------------------------------------------------------
+GRID = 8  # 8 x 8 images per panel, as the official ``save_images(x[:64], [8, 8], ...)``
+
+
+@torch.no_grad()
+def decoder_means(model: Method, z: torch.Tensor) -> np.ndarray:
+    """Bernoulli means sigmoid(decoder(z)) as [N, 28, 28] (the official ``get_decoder_mean``)."""
+    return torch.sigmoid(model.decoder(z)).view(-1, 28, 28).cpu().numpy()
+
+
+def training_images(run: dict, n: int, seed: int, data_dir: str | Path | None = None) -> np.ndarray:
+    """n training images chosen at random with ``seed`` and binarised as the run's data are (dynamically with
+    ``seed``, or static MNIST's fixed binarisation): what the model was trained on."""
+    splits = data.load(run["dataset"], data_dir if data_dir is not None else run.get("data_dir"))
+    g = torch.Generator().manual_seed(seed)
+    idx = torch.randperm(len(splits.train), generator=g)[:n].numpy()
+    return data.binarize(splits.train[idx], splits.static, g).view(-1, 28, 28).numpy()
+
+
+@torch.no_grad()
+def posterior_draw(model: Method, x: torch.Tensor, seed: int) -> torch.Tensor:
+    """One z ~ q(z|x) per image, reproducible with ``seed`` (the global RNG is left as it was). As the official
+    ``z_real``: the VAE's mean + std * eps; AVB's (and AVB + AC's) encoder at one draw of its noise, not a mean."""
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        if isinstance(model, VAE):
+            mean, log_std = model.encoder(x)
+            return mean + torch.randn(mean.shape).to(mean.device) * torch.exp(log_std)
+        return model.encode(x)[0]
+
+
+def interpolate(z1: torch.Tensor, z2: torch.Tensor, n_steps: int) -> torch.Tensor:
+    """The official ``get_interpolations``: alpha = linspace(0, 1, n_steps), z = alpha z1 + (1 - alpha) z2 for each
+    pair; [B, d] each -> [B * n_steps, d], pair-major (row b * n_steps + j: pair b at alpha_j, so j = 0 is z2)."""
+    alpha = torch.linspace(0.0, 1.0, n_steps, device=z1.device).view(1, n_steps, 1)
+    return (alpha * z1[:, None] + (1 - alpha) * z2[:, None]).reshape(-1, z1.shape[-1])
+
+
+def interpolation_grid(model: Method, x1: torch.Tensor, x2: torch.Tensor, seed: int,
+                       n_steps: int = GRID) -> tuple[np.ndarray, torch.Tensor, torch.Tensor]:
+    """Decoder means along the line from the code of x2[b] (column 0) to that of x1[b] (last column), one row per
+    pair, and the codes (z1, z2): one posterior draw each, encoded in one batch as the official code does."""
+    z = posterior_draw(model, torch.cat([x1, x2]), seed)
+    z1, z2 = z[:len(x1)], z[len(x1):]
+    return decoder_means(model, interpolate(z1, z2, n_steps)).reshape(len(x1), n_steps, 28, 28), z1, z2
+
+
+def run_figures(model_path: str | Path, fig7: tuple[str | Path, str | Path], interp: tuple[str | Path, str | Path],
+                seed: int = 0, data_dir: str | Path | None = None) -> None:
+    """Per run, PNG + PDF each: the Figure 7 replica, 64 training images (a) beside the decoder's Bernoulli means at
+    64 prior draws (b), and 8 latent interpolations between pairs of test images (test images 8-15 on the left,
+    0-7 on the right, as the official ``real1.png`` / ``interp`` / ``real2.png``). White digits on black, as
+    printed. Seeds: prior draws ``seed``, training images ``seed + 1``, test images (binarised) and codes ``seed + 2``.
+    """
+    from .evaluate import test_images
+
+    model, run = load_model(model_path)
+    label = f"{run_label(run)}, {run['dataset']}"
+    n = GRID * GRID
+    samples = decoder_means(model, torch.randn(n, model.z_dim, generator=torch.Generator().manual_seed(seed)))
+    show = dict(cmap="gray", vmin=0, vmax=1, interpolation="nearest")
+    fig, (a, b) = plt.subplots(1, 2, figsize=(8, 4.4))
+    a.imshow(tile(training_images(run, n, seed + 1, data_dir), GRID, pad_value=0.0), **show)
+    a.set_title("(a) training data")
+    b.imshow(tile(samples, GRID, pad_value=0.0), **show)
+    b.set_title("(b) random samples (decoder means)")
+    for ax in (a, b):
+        ax.axis("off")
+    fig.suptitle(label)
+    fig.tight_layout()
+    save(fig, *fig7)
+
+    x = test_images(run, 2 * GRID, seed + 2, data_dir)
+    grid, _, _ = interpolation_grid(model, x[:GRID], x[GRID:], seed + 2)
+    fig, axes = plt.subplots(1, 3, figsize=(6.4, 5.2), gridspec_kw={"width_ratios": [1, GRID, 1]})
+    images = x.view(-1, 28, 28).numpy()
+    panels = [(images[GRID:], 1, "test\nx_8..x_15"),
+              (grid.reshape(-1, 28, 28), GRID, "decoder means at (1 - alpha) z(x_8+i) + alpha z(x_i)"),
+              (images[:GRID], 1, "test\nx_0..x_7")]
+    for ax, (imgs, cols, title) in zip(axes, panels):
+        ax.imshow(tile(imgs, cols, pad_value=0.0), **show)
+        ax.set_title(title, fontsize=8)
+        ax.axis("off")
+    fig.suptitle(f"{label}: latent interpolations")
+    fig.tight_layout()
+    save(fig, *interp)

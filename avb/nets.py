@@ -122,7 +122,11 @@ class ParallelMLPs(nn.Module):
 class NoiseBasisEncoder(nn.Module):
     """full0_ac encoder: z = z0(x) + sum_i a_i(x) * v_i(eps_i), a_i = ELU(Linear_i(h) - 5) + 1.
 
-    Returns z and the Monte-Carlo moments E[z|x], Var[z|x] built from the batch moments of each v_i, as coded.
+    Returns z and the Monte-Carlo moments E[z|x] = z0 + sum_i a_i E[v_i], Var[z|x] = sum_i a_i^2 Var[v_i]. As coded
+    (``tf.nn.moments`` over the minibatch), E[v_i] and Var[v_i] are the moments of the batch's own v_i(eps_i), so
+    they come from as many draws as there are images: a batch of one gives Var = 0. ``moment_eps`` [m, K, eps_dim]
+    (see ``moment_noise``) estimates them from those K draws instead, whatever the number of images; the v_i are
+    functions of the noise alone, so this is the same estimator as the official one at a batch of K.
     """
 
     def __init__(self, z_dim: int, eps_dim: int, n_basis: int, hidden: int = 300, basis_hidden: int = 128):
@@ -135,7 +139,14 @@ class NoiseBasisEncoder(nn.Module):
             nn.init.xavier_uniform_(w)  # ... each initialised as its own Linear(hidden, z_dim), as coded
         self.v = ParallelMLPs(n_basis, [eps_dim, basis_hidden, basis_hidden, basis_hidden, z_dim], nn.ELU)
 
-    def forward(self, x: torch.Tensor, eps: torch.Tensor | None = None):
+    def moment_noise(self, n_draws: int, generator: torch.Generator | None = None,
+                     device: torch.device | str | None = None) -> torch.Tensor:
+        """``n_draws`` noise draws [m, n_draws, eps_dim] for the moments, from ``generator`` (drawn on the CPU)."""
+        if n_draws < 2:
+            raise ValueError(f"the AC moments need at least 2 noise draws, got {n_draws}")
+        return torch.randn(self.n_basis, n_draws, self.eps_dim, generator=generator).to(device)
+
+    def forward(self, x: torch.Tensor, eps: torch.Tensor | None = None, moment_eps: torch.Tensor | None = None):
         n = x.shape[0]
         if eps is None:
             eps = torch.randn(self.n_basis, n, self.eps_dim, device=x.device)
@@ -144,6 +155,8 @@ class NoiseBasisEncoder(nn.Module):
         a = F.elu(self.a(h).view(n, self.n_basis, -1) - 5.0) + 1.0          # [n, m, z]
         v = self.v(eps).transpose(0, 1)                                      # [n, m, z]
         z = z0 + (a * v).sum(1)
+        if moment_eps is not None:
+            v = self.v(moment_eps).transpose(0, 1)                           # [K, m, z]: K draws, not the batch's
         mean_v, var_v = v.mean(0), v.var(0, unbiased=False)                  # tf.nn.moments over the batch
         return z, z0 + (a * mean_v).sum(1), (a * a * var_v).sum(1)
 

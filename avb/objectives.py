@@ -24,6 +24,23 @@ LOG_2PI = math.log(2 * math.pi)
 AC_VAR_FLOOR = 1e-4  # sigma = sqrt(Var[z|x] + 1e-4), as coded
 
 
+@dataclass(frozen=True)
+class MomentDraws:
+    """Evaluation only: estimate AVB + AC's moments of q(z|x) from ``n`` fresh noise draws from ``generator`` per call.
+
+    Departure from the official code, which estimates them in every batch from the batch's own noise
+    (``tf.nn.moments``), so from as many draws as images: it always evaluates in batches of the training size, but
+    our short last batches, BDMC's and the convergence study's image counts would give another r(z|x) (one image:
+    Var = 0, sigma = 0.01). With ``n`` = the training batch size (the default of ``eval.ac_moment_draws``) the
+    estimator is the official one at a full batch, except that its draws are not those that give z (the official
+    batch shares them with its samples: a 1/n effect on z - mu). Training, and the training-time ELBO, keep the
+    in-batch estimate (``moments=None``).
+    """
+
+    n: int
+    generator: torch.Generator | None = None
+
+
 @dataclass
 class Step:
     primal: torch.Tensor
@@ -70,11 +87,13 @@ class Method(nn.Module):
     def recon(self, x: torch.Tensor, z: torch.Tensor) -> torch.Tensor:
         return -self.decoder.log_likelihood(x, z)
 
-    def forward(self, x: torch.Tensor) -> Step:  # pragma: no cover - abstract
+    def forward(self, x: torch.Tensor, moments: MomentDraws | None = None) -> Step:  # pragma: no cover - abstract
+        """The losses and statistics of batch x; ``moments``: see ``MomentDraws`` (AVB + AC only)."""
         raise NotImplementedError
 
-    def ais_init(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor] | None:
-        """(mean, std) of the Gaussian that AIS starts from, or None for the prior."""
+    def ais_init(self, x: torch.Tensor,
+                 moments: MomentDraws | None = None) -> tuple[torch.Tensor, torch.Tensor] | None:
+        """(mean, std) of the Gaussian that AIS starts from, or None for the prior; ``moments`` as for ``forward``."""
         return None
 
 
@@ -85,13 +104,13 @@ class VAE(Method):
         super().__init__(z_dim, decoder)
         self.encoder = encoder
 
-    def forward(self, x: torch.Tensor) -> Step:
+    def forward(self, x: torch.Tensor, moments: MomentDraws | None = None) -> Step:
         mean, log_std = self.encoder(x)
         z = mean + torch.randn_like(mean) * torch.exp(log_std)
         recon, kl = self.recon(x, z), gaussian_kl(mean, log_std)
         return Step(primal=(recon + kl).mean() * self.loss_scale, adversary=None, recon=recon, kl=kl)
 
-    def ais_init(self, x):
+    def ais_init(self, x, moments=None):
         mean, log_std = self.encoder(x)
         return mean, torch.exp(log_std)
 
@@ -105,15 +124,23 @@ class AVB(Method):
         self.encoder, self.adversary, self.ac = encoder, adversary, adaptive_contrast
         self.name = "avb_ac" if adaptive_contrast else "avb"
 
-    def encode(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None, torch.Tensor | None]:
-        """z ~ q(z|x) and, with AC, the stop-gradient moments (mu, sigma) of r(z|x)."""
+    def encode(self, x: torch.Tensor, moments: MomentDraws | None = None
+               ) -> tuple[torch.Tensor, torch.Tensor | None, torch.Tensor | None]:
+        """z ~ q(z|x) and, with AC, the stop-gradient moments (mu, sigma) of r(z|x): from the batch's own noise
+        (training, as coded) or, given ``moments``, from ``moments.n`` noise draws of their own (evaluation)."""
         if not self.ac:
             return self.encoder(x), None, None
-        z, mean, var = self.encoder(x)
+        if moments is None:
+            z, mean, var = self.encoder(x)
+        else:
+            if not hasattr(self.encoder, "moment_noise"):
+                raise ValueError(f"{type(self.encoder).__name__} cannot estimate its moments from separate draws")
+            z, mean, var = self.encoder(x, moment_eps=self.encoder.moment_noise(moments.n, moments.generator,
+                                                                                x.device))
         return z, mean.detach(), torch.sqrt(var.detach() + AC_VAR_FLOOR)
 
-    def forward(self, x: torch.Tensor) -> Step:
-        z, mu, sigma = self.encode(x)
+    def forward(self, x: torch.Tensor, moments: MomentDraws | None = None) -> Step:
+        z, mu, sigma = self.encode(x, moments)
         z_bar = z if mu is None else (z - mu) / sigma
         z_prior = torch.randn_like(z)
         t_q, t_p = self.adversary(x, z_bar, z_prior)
@@ -126,8 +153,8 @@ class AVB(Method):
         acc = 0.5 * ((t_q > 0).float().mean() + (t_p < 0).float().mean())
         return Step(primal=(recon + kl).mean() * self.loss_scale, adversary=adv, recon=recon, kl=kl, adv_accuracy=acc)
 
-    def ais_init(self, x):
-        _, mu, sigma = self.encode(x)
+    def ais_init(self, x, moments=None):
+        _, mu, sigma = self.encode(x, moments)
         return None if mu is None else (mu, sigma)
 
 

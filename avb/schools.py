@@ -24,7 +24,8 @@ every method sees a "decoder" log p(y|z) and the standard prior, like the image 
   the exact reference; the energy distance to gold-standard HMC draws (coordinates standardised by the exact
   posterior standard deviations) with its sampling noise floor, the energy distance between two disjoint sets of
   gold draws of the same size; the ELBO (ADVI: unbiased estimate, a bound; AVB: the adversary's estimate, not a bound)
-  beside the exact log p(y).
+  beside the exact log p(y); and, from ``avb.schools_kl`` (the paper's Figure 3), the kNN estimate of KL(method ||
+  HMC) at the last iteration with its noise floor, and ADVI's exact KL.
 """
 from __future__ import annotations
 
@@ -370,7 +371,12 @@ class SchoolsAVB(AVB):
         super().__init__(z_dim, likelihood, sampler, adversary, adaptive_contrast)
         self.ac_floor, self.ac_floor_mode = ac_floor, ac_floor_mode
 
-    def encode(self, x: torch.Tensor):
+    def encode(self, x: torch.Tensor, moments: Any = None):
+        """z and, with AC, the stop-gradient batch moments; ``moments`` (``avb.objectives.MomentDraws``, moments from
+        separate draws) is refused: here they always come from the batch, as in the notebook."""
+        if moments is not None:
+            raise ValueError("SchoolsAVB: the AC moments are the batch's own (as the notebook); separate moment draws "
+                             "(MomentDraws) are not supported")
         z = self.encoder(x)
         if not self.ac:
             return z, None, None
@@ -398,8 +404,13 @@ def build(run: dict[str, Any], likelihood: nn.Module | None = None) -> Method:
     raise ValueError(f"unknown schools method {method!r}; expected one of {', '.join(METHODS)}")
 
 
+# Defaults of schools.kl_every / kl_samples (the schema's; Figure 3 has a point every 5,000 iterations).
+KL_EVERY, KL_SAMPLES = 5000, 25000
+
+
 def run_config(schools: dict[str, Any], method: str) -> dict[str, Any]:
-    """Everything that determines one method's run, from the validated ``schools`` config section."""
+    """Everything that determines one method's run, from the validated ``schools`` config section (``snapshots``:
+    the KL-curve snapshots of ``avb.schools_kl``, every ``kl_every`` iterations, ``kl_samples`` draws each)."""
     fam = "advi" if method.startswith("advi") else "avb"
     sec = schools[fam]
     model = {k: sec[k] for k in (("init_range",) if fam == "advi" else
@@ -407,8 +418,9 @@ def run_config(schools: dict[str, Any], method: str) -> dict[str, Any]:
     train = {k: sec[k] for k in ("steps", "batch_size", "lr", "adam_beta1", "checkpoint_every", "log_every")}
     train.update(lr_adversary=sec.get("lr_adversary", sec["lr"]), adversary_steps=sec.get("adversary_steps", 1),
                  device=schools["device"])
+    snapshots = {"every": schools.get("kl_every", KL_EVERY), "samples": schools.get("kl_samples", KL_SAMPLES)}
     return {"experiment": "schools", "method": method, "seed": schools["seed"], "z_dim": DIM, "model": model,
-            "train": train, "n_samples": schools["n_samples"]}
+            "train": train, "n_samples": schools["n_samples"], "snapshots": snapshots}
 
 
 class DummyBatches:
@@ -447,7 +459,9 @@ def elbo_estimate(model: Method, n: int, seed: int) -> tuple[float, float]:
 
 def fit_method(run: dict[str, Any], out_dir: str | Path, progress: bool = False) -> dict[str, Any]:
     """Train one method with ``avb.train.fit`` (checkpoints, resume, NaN guard, metrics CSV); write ``samples.npz``
-    (``run['n_samples']`` draws) and ``fit.json`` into ``out_dir``."""
+    (``run['n_samples']`` draws), ``snapshots.npz`` (draws during training for the KL curve, ``avb.schools_kl``) and
+    ``fit.json`` into ``out_dir``."""
+    from .schools_kl import SNAPSHOT_FILE, Snapshots
     from .train import fit, resolve_device
 
     out = Path(out_dir)
@@ -455,15 +469,23 @@ def fit_method(run: dict[str, Any], out_dir: str | Path, progress: bool = False)
     torch.manual_seed(run["seed"])
     model = build(run).to(device)
     data_gen = torch.Generator().manual_seed(run["seed"] + 1)
+    out.mkdir(parents=True, exist_ok=True)
+    snapshots = Snapshots(model, run, out / SNAPSHOT_FILE)
     t0 = time.perf_counter()
-    fit(model, DummyBatches(run["train"]["batch_size"], device), data_gen, run, out, progress)
+    if 0 not in snapshots.samples:
+        snapshots.take(0)               # the model as built (a resumed fit's model is this one until it loads)
+    fit(model, DummyBatches(run["train"]["batch_size"], device), data_gen, run, out, progress, on_step=snapshots)
     seconds = time.perf_counter() - t0
+    if snapshots.missing():             # e.g. resumed from a finished checkpoint after snapshots.npz was deleted
+        print(f"[avb] {out / SNAPSHOT_FILE}: no snapshot at iterations {snapshots.missing()} (delete checkpoint.pt "
+              f"to retrain them)", flush=True)
     samples = draw(model, run["n_samples"], run["seed"] + 2)
     elbo, elbo_se = elbo_estimate(model, min(run["n_samples"], 10000), run["seed"] + 3)
     with io.atomic_path(out / "samples.npz") as tmp, open(tmp, "wb") as f:
         np.savez(f, samples=samples)
     info = {"method": run["method"], "steps": run["train"]["steps"], "train_seconds": seconds, "elbo": elbo,
-            "elbo_se": elbo_se, "elbo_is_bound": run["method"].startswith("advi"), "run": run}
+            "elbo_se": elbo_se, "elbo_is_bound": run["method"].startswith("advi"),
+            "snapshot_iterations": sorted(snapshots.samples), "run": run}
     io.write_json(info, out / "fit.json")
     return info
 
@@ -472,7 +494,8 @@ def fit_method(run: dict[str, Any], out_dir: str | Path, progress: bool = False)
 SUMMARY_COLUMNS = ["method", "label", "steps", "n_samples", "mean_abs_err_mean", "max_abs_err_mean",
                    "mean_abs_err_sd", "max_abs_err_sd", "err_mean_mu", "err_mean_tau", "err_sd_mu", "err_sd_tau",
                    "p_tau_positive", "divergence", "divergence_se", "divergence_noise_floor",
-                   "divergence_noise_floor_se", "elbo", "elbo_se", "elbo_is_bound", "log_evidence", "rhat_max",
+                   "divergence_noise_floor_se", "kl_hmc", "kl_hmc_se", "kl_hmc_noise_floor", "kl_hmc_noise_floor_se",
+                   "kl_gaussian", "kl_gaussian_se", "elbo", "elbo_se", "elbo_is_bound", "log_evidence", "rhat_max",
                    "rank_rhat_max", "ess_min", "seconds"]
 
 
@@ -486,20 +509,25 @@ def _divergences(samples: np.ndarray, gold: np.ndarray, scale: np.ndarray, n: in
     return out
 
 
-def summarize(gold_npz: str | Path, gold_json: str | Path, fits: list[str | Path], settings: dict[str, Any]
-              ) -> tuple["pd.DataFrame", "pd.DataFrame", dict[str, Any]]:
+def summarize(gold_npz: str | Path, gold_json: str | Path, fits: list[str | Path], settings: dict[str, Any],
+              kl_curve: str | Path | None = None) -> tuple["pd.DataFrame", "pd.DataFrame", dict[str, Any]]:
     """The summary table (one row per method, HMC first), the per-parameter table and the exact reference.
 
     ``fits``: run folders holding samples.npz and fit.json. Errors are against the exact (quadrature) posterior
     moments. Divergence: energy distance between ``n`` draws of the method and ``n`` gold draws, both standardised by
     the exact posterior sds, mean and standard error over ``repeats`` fresh subsets; the noise floor is the same
     statistic between two disjoint sets of ``n`` gold draws (for the HMC row, the divergence itself is that floor).
+    ``kl_curve`` (the CSV of ``avb.schools_kl``): its last iteration per method gives ``kl_hmc`` (kNN KL to the HMC
+    draws), ``kl_gaussian`` (ADVI's exact KL) and the KL noise floor, which is also the HMC row's ``kl_hmc``; without
+    it these columns are NaN.
     """
     import pandas as pd
 
+    from .schools_kl import final
+
     met = settings["metrics"]
     ref = exact_posterior(met["quad_grid"])
-    gold_draws = np.load(gold_npz)["draws"]
+    gold_draws = np.load(gold_npz, allow_pickle=False)["draws"]
     gold = gold_draws.reshape(-1, DIM)
     gdiag = json.loads(Path(gold_json).read_text())
     n = min(met["divergence_samples"], len(gold) // 2)
@@ -515,8 +543,13 @@ def summarize(gold_npz: str | Path, gold_json: str | Path, fits: list[str | Path
                               "seconds": gdiag["seconds"]})]
     for d in fits:
         info = json.loads((Path(d) / "fit.json").read_text())
-        entries.append((info["method"], np.load(Path(d) / "samples.npz")["samples"], info))
+        entries.append((info["method"], np.load(Path(d) / "samples.npz", allow_pickle=False)["samples"], info))
     entries.sort(key=lambda e: ("hmc", *METHODS).index(e[0]))
+    curve = pd.read_csv(kl_curve) if kl_curve is not None else None
+    last = final(curve) if curve is not None else {}
+    nan = math.nan
+    kl_floor = (float(curve.kl_noise_floor.iloc[0]), float(curve.kl_noise_floor_se.iloc[0])) \
+        if curve is not None and len(curve) else (nan, nan)
 
     rows, per_param = [], []
     for method, s, info in entries:
@@ -535,6 +568,11 @@ def summarize(gold_npz: str | Path, gold_json: str | Path, fits: list[str | Path
             "err_sd_mu": sd[0] - ref["sd"][0], "err_sd_tau": sd[1] - ref["sd"][1],
             "p_tau_positive": float((s[:, 1] > 0).mean()), "divergence": div, "divergence_se": div_se,
             "divergence_noise_floor": floor_mean, "divergence_noise_floor_se": floor_se,
+            "kl_hmc": kl_floor[0] if method == "hmc" else last.get(method, {}).get("kl", nan),
+            "kl_hmc_se": kl_floor[1] if method == "hmc" else last.get(method, {}).get("kl_se", nan),
+            "kl_hmc_noise_floor": kl_floor[0], "kl_hmc_noise_floor_se": kl_floor[1],
+            "kl_gaussian": last.get(method, {}).get("kl_gaussian", nan),
+            "kl_gaussian_se": last.get(method, {}).get("kl_gaussian_se", nan),
             "elbo": info.get("elbo", math.nan), "elbo_se": info.get("elbo_se", math.nan),
             "elbo_is_bound": info.get("elbo_is_bound", math.nan), "log_evidence": ref["log_evidence"],
             "rhat_max": gdiag["rhat_max"] if method == "hmc" else math.nan,
@@ -550,7 +588,9 @@ def summarize(gold_npz: str | Path, gold_json: str | Path, fits: list[str | Path
                               "gold_rhat": gdiag["split_rhat"][name] if method == "hmc" else math.nan,
                               "gold_ess": gdiag["ess"][name] if method == "hmc" else math.nan})
     df = pd.DataFrame(rows, columns=SUMMARY_COLUMNS)
-    return df, pd.DataFrame(per_param), {**ref, "divergence_n": n, "gold": gdiag, "entries": entries}
+    kl_info = {"n": int(curve.n.iloc[0]), "k": int(curve.k.iloc[0]), "repeats": int(curve.repeats.iloc[0])} \
+        if curve is not None and len(curve) else None
+    return df, pd.DataFrame(per_param), {**ref, "divergence_n": n, "gold": gdiag, "entries": entries, "kl": kl_info}
 
 
 def markdown(df: "pd.DataFrame", ref: dict[str, Any], settings: dict[str, Any]) -> str:
@@ -563,14 +603,16 @@ def markdown(df: "pd.DataFrame", ref: dict[str, Any], settings: dict[str, Any]) 
              f"min ESS {g['ess_min']:.0f}.", "",
              "Steps: HMC transitions per chain (warm-up included); ADVI / AVB training iterations.", "",
              "| method | steps | mean abs err of means | mean abs err of sds | err sd(tau) | P(tau > 0) | "
-             "energy distance (noise floor) | ELBO | seconds |",
-             "|---|---|---|---|---|---|---|---|---|"]
+             "energy distance (noise floor) | KL to HMC, kNN (noise floor) | KL, exact (Gaussian q) | ELBO | seconds |",
+             "|---|---|---|---|---|---|---|---|---|---|---|"]
     for r in df.itertuples():
         elbo = "" if pd_isnan(r.elbo) else f"{r.elbo:.3f} ± {r.elbo_se:.3f}" + ("" if r.elbo_is_bound else " (≈)")
         lines.append(f"| {r.label} | {r.steps} | {r.mean_abs_err_mean:.4f} (max {r.max_abs_err_mean:.4f}) | "
                      f"{r.mean_abs_err_sd:.4f} (max {r.max_abs_err_sd:.4f}) | {r.err_sd_tau:+.4f} | "
                      f"{r.p_tau_positive:.3f} | {r.divergence:.4f} ± {r.divergence_se:.4f} "
-                     f"({r.divergence_noise_floor:.4f}) | {elbo} | {r.seconds:.1f} |")
+                     f"({r.divergence_noise_floor:.4f}) | {_pm(r.kl_hmc, r.kl_hmc_se)} "
+                     f"({_pm(r.kl_hmc_noise_floor)}) | {_pm(r.kl_gaussian, r.kl_gaussian_se)} | {elbo} | "
+                     f"{r.seconds:.1f} |")
     lines += ["", f"Errors: |method - exact| over the 10 parameters (mu, tau, eta_1..8). Energy distance: V-statistic "
               f"between {ref['divergence_n']} draws of the method and {ref['divergence_n']} HMC draws, coordinates "
               f"divided by the exact posterior sds, ± standard error over {settings['metrics']['divergence_repeats']} "
@@ -578,7 +620,25 @@ def markdown(df: "pd.DataFrame", ref: dict[str, Any], settings: dict[str, Any]) 
               f"shows the floor itself). ELBO: ADVI an unbiased estimate (a lower bound on log p(y)); AVB (≈) "
               f"uses the adversary's KL estimate and is not a bound. The posterior is symmetric under (tau, eta) -> "
               f"(-tau, -eta), so the exact P(tau > 0) is 0.5 and the exact mean of tau and eta is 0."]
+    kl = ref.get("kl")
+    if kl is not None:
+        lines += ["", f"KL to HMC (the paper's Figure 3 quantity, at the last iteration): kNN estimate of KL(method "
+                  f"|| HMC posterior) (Wang, Kulkarni & Verdú 2009; k = {kl['k']}, ITE's default) between n = "
+                  f"{kl['n']} draws of the method and n HMC draws, coordinates divided by the exact posterior sds, "
+                  f"mean ± standard error over {kl['repeats']} disjoint sets; noise floor: the same between two "
+                  "disjoint sets of HMC draws (true value 0; the HMC row shows it). In 10 dimensions this estimator is "
+                  "biased at such n, by up to several tenths of a nat and of either sign (tests/test_knn.py). KL, exact: "
+                  "for ADVI, whose q is Gaussian, KL(q || p) = -H(q) - E_q log p(z|y) with the exact log p(z|y) "
+                  "(Gaussian fitted to the same draws; exact up to Monte-Carlo error; it equals log p(y) - ELBO up to "
+                  "that error, a check), a measure of the kNN estimator's bias here. Curve over iterations: "
+                  "kl_curve.csv and kl_iterations.png."]
     return "\n".join(lines) + "\n"
+
+
+def _pm(v: float, se: float = math.nan) -> str:
+    if pd_isnan(v):
+        return ""
+    return f"{v:.3f}" if pd_isnan(se) else f"{v:.3f} ± {se:.3f}"
 
 
 def pd_isnan(v) -> bool:
@@ -646,9 +706,11 @@ def figure(entries: list[tuple[str, np.ndarray, dict]], ref: dict[str, Any], out
 
 
 def report(gold_npz: str | Path, gold_json: str | Path, fits: list[str | Path], settings: dict[str, Any],
-           out_csv: str | Path, out_md: str | Path, out_fig: str | Path, out_params: str | Path | None = None) -> str:
-    """summary.csv, summary.md, the per-parameter CSV and the (mu, tau) figure (PNG + PDF, ``out_fig`` any suffix)."""
-    df, per_param, ref = summarize(gold_npz, gold_json, fits, settings)
+           out_csv: str | Path, out_md: str | Path, out_fig: str | Path, out_params: str | Path | None = None,
+           kl_curve: str | Path | None = None) -> str:
+    """summary.csv, summary.md, the per-parameter CSV and the (mu, tau) figure (PNG + PDF, ``out_fig`` any suffix);
+    with ``kl_curve`` (``avb schools kl``), the final KL to the HMC posterior joins the summary."""
+    df, per_param, ref = summarize(gold_npz, gold_json, fits, settings, kl_curve)
     io.write_csv(df, out_csv)
     if out_params is not None:
         io.write_csv(per_param, out_params)

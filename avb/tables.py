@@ -19,6 +19,7 @@ LABELS = {"vae": "VAE", "avb": "AVB", "avb_ac": "AVB + AC"}
 
 
 def collect(eval_jsons: list[str | Path]) -> pd.DataFrame:
+    io.check_eval_jsons(eval_jsons)  # a NaN / inf log p(x) or ELBO is an error naming the file
     rows = [json.loads(Path(p).read_text()) for p in eval_jsons]
     df = pd.DataFrame(rows, columns=COLUMNS)
     return df.sort_values(["dataset", "z_dim", "method", "seed"], key=lambda s: s.map(METHOD_ORDER)

@@ -72,7 +72,7 @@ import torch
 from torch import nn
 import torch.nn.functional as F
 
-from . import io
+from . import io, knn
 from .config import toy_run_config
 from .nets import ParallelMLPs, linear, mlp
 from .objectives import AVB, VAE, Method, log_normal
@@ -89,7 +89,7 @@ PRIOR_TERMS = {"sum_sq": 1.0, "half_sum_sq": 0.5}
 DEFAULT_MODEL = {"hidden": 64, "eps_dim": 64, "adv_hidden": 256, "adv_blocks": 5, "adv_prior_term": "sum_sq",
                  "ac_nbasis": 8, "ac_eps_dim": 8}
 DEFAULT_EVAL = {"grid_limit": 6.0, "grid_size": 600, "n_samples": 20000, "kde_samples": 20000,
-                "scatter_samples": 512, "seed": 1234, "device": "auto"}
+                "scatter_samples": 512, "knn_k": 3, "seed": 1234, "device": "auto"}
 
 
 # ----------------------------------------------------------------------------------------------------- data
@@ -254,9 +254,19 @@ def train(run: dict[str, Any], out_dir: str | os.PathLike, progress: bool = True
 
 
 def load_model(path: str | os.PathLike, device: str | torch.device = "cpu") -> tuple[Method, dict[str, Any]]:
-    ck = torch.load(path, map_location=device, weights_only=False)
-    model = build(ck["run"]["method"], ck["run"]["model"]).to(device)
-    model.load_state_dict(ck["model"])
+    """A trained toy model (eval mode) and its run config with ``steps_done``, read with ``weights_only=True``
+    (``io.load_torch``); a file that is not a toy model of this package is an error naming it."""
+    from .train import nonfinite_parameters
+    ck = io.load_torch(path, "cpu", ("run", "model", "step"))
+    try:
+        model = build(ck["run"]["method"], ck["run"]["model"]).to(device)
+        model.load_state_dict(ck["model"])
+    except (RuntimeError, KeyError, TypeError, ValueError) as err:
+        raise io.CorruptFile(f"{path}: its weights do not fit the toy model its run config describes "
+                             f"({type(err).__name__}: {str(err).splitlines()[0][:200]})") from None
+    bad = nonfinite_parameters(model)
+    if bad:
+        raise io.NonFiniteResult(f"{path}: parameters not finite ({', '.join(bad[:3])}); refusing to use the model")
     return model.eval(), {**ck["run"], "steps_done": ck["step"]}
 
 
@@ -484,6 +494,9 @@ def evaluate(model_path: str | os.PathLike, settings: dict[str, Any] | None = No
         kl_agg = float((torch.logsumexp(comps, -1) - math.log(N_IMAGES) - log_prior).mean())
     else:
         kl_agg = kl_agg_kde
+    # the same against as many prior draws by the kNN estimator (the ITE toolbox's; see table1_markdown)
+    prior_draws = np.random.default_rng(int(s["seed"])).standard_normal(tuple(z_eval.shape))
+    kl_agg_knn = knn.kl_divergence(z_eval.double().numpy(), prior_draws, int(s["knn_k"]))
 
     exact_q = model.name == "vae"
     summary = {
@@ -492,12 +505,14 @@ def evaluate(model_path: str | os.PathLike, settings: dict[str, Any] | None = No
         **{f"log_px_x{i}": float(log_px[i]) for i in range(N_IMAGES)},
         "mass_on_data": float(log_px.exp().sum()), "mass_all_images": mass_all,
         "quad_error_est": quad_err, "prior_tail_mass": prior_tail_mass(L),
-        "recon_error": float(np.mean(recon)), "elbo": float(np.mean(elbo)), "elbo_is_bound": exact_q,
+        "recon_error": float(np.mean(recon)), "recon_error_paper": float(np.mean(recon)) / X_DIM,
+        "elbo": float(np.mean(elbo)), "elbo_is_bound": exact_q,
         "elbo_estimator": "analytic KL, MC recon" if exact_q else "adversary KL estimate (not a bound)",
         "kl_q_posterior": float(np.mean(kl_post)), "kl_q_posterior_kde": float(np.mean(kl_post_kde)),
         "kl_q_posterior_estimator": "exact log q (MC)" if exact_q else "held-out Gaussian KDE (biased down)",
         "elbo_from_kl": float(log_px.mean()) - float(np.mean(kl_post)),
-        "kl_aggregate_prior": kl_agg, "kl_aggregate_prior_kde": kl_agg_kde,
+        "kl_aggregate_prior": kl_agg, "kl_aggregate_prior_kde": kl_agg_kde, "kl_aggregate_prior_knn": kl_agg_knn,
+        "knn_k": int(s["knn_k"]),
         "kl_aggregate_prior_estimator": "exact log q (MC)" if exact_q else "held-out Gaussian KDE (biased down)",
         "kde_bandwidth_mean": float(np.mean(bws)), "kde_bandwidth_aggregate": bw_agg,
         "grid_limit": L, "grid_size": n, "n_samples": n_eval, "kde_samples": n_kde,
@@ -520,13 +535,13 @@ def write_eval(summary: dict, arrays: dict, out_json: str | os.PathLike, out_npz
 
 
 # ------------------------------------------------------------------------------------------ table and figure
-COLUMNS = ["method", "iterations", "log_px_exact", "optimum", "gap_to_optimum", "recon_error", "elbo",
-           "elbo_is_bound", "elbo_estimator", "kl_q_posterior", "kl_q_posterior_estimator", "kl_q_posterior_kde",
-           "elbo_from_kl", "kl_aggregate_prior", "kl_aggregate_prior_estimator", "kl_aggregate_prior_kde",
-           "log_px_x0", "log_px_x1", "log_px_x2", "log_px_x3", "mass_on_data", "mass_all_images", "quad_error_est",
-           "prior_tail_mass", "grid_limit", "grid_size", "n_samples", "kde_samples", "kde_bandwidth_mean",
-           "kde_bandwidth_aggregate", "adv_prior_term", "batch_size", "lr", "lr_adversary", "adv_hidden", "adv_blocks",
-           "seed", "eval_seconds"]
+COLUMNS = ["method", "iterations", "log_px_exact", "optimum", "gap_to_optimum", "recon_error", "recon_error_paper",
+           "elbo", "elbo_is_bound", "elbo_estimator", "kl_q_posterior", "kl_q_posterior_estimator",
+           "kl_q_posterior_kde", "elbo_from_kl", "kl_aggregate_prior", "kl_aggregate_prior_estimator",
+           "kl_aggregate_prior_kde", "kl_aggregate_prior_knn", "knn_k", "log_px_x0", "log_px_x1", "log_px_x2",
+           "log_px_x3", "mass_on_data", "mass_all_images", "quad_error_est", "prior_tail_mass", "grid_limit",
+           "grid_size", "n_samples", "kde_samples", "kde_bandwidth_mean", "kde_bandwidth_aggregate", "adv_prior_term",
+           "batch_size", "lr", "lr_adversary", "adv_hidden", "adv_blocks", "seed", "eval_seconds"]
 
 
 def table(eval_jsons: list[str | os.PathLike]):
@@ -565,8 +580,9 @@ def markdown(df) -> str:
         "AVB, AVB + AC: q is implicit, so log q is a Gaussian KDE fitted on separate samples (bandwidth by held-out "
         "likelihood). Its expectation is KL(q||p) - KL(q||q_hat): biased **downwards** by KL(q||q_hat) >= 0.",
         "* KL(q(z), p(z)): aggregated posterior q(z) = 1/4 sum_i q(z|x_i) against the prior; same estimators (VAE: "
-        "exact mixture density; AVB: held-out KDE, biased downwards). The paper used the ITE toolbox (estimator "
-        "not stated in our sources).",
+        "exact mixture density; AVB: held-out KDE, biased downwards). The paper's estimator is not stated (its code "
+        "lists the ITE toolbox); `kl_aggregate_prior_knn` in summary.csv is ITE's kNN estimator against prior draws "
+        "(see table1.md).",
     ]
     if len(vae):
         v = vae.iloc[0]
@@ -589,8 +605,8 @@ def markdown(df) -> str:
         f"* Adversary prior term: {terms} (`sum_sq` = the notebook's `+ sum(z^2)`; `half_sum_sq` = the paper's "
         "`-log p(z)` = 0.5 |z|^2. Same optimum T* = log q - log p; with `sum_sq` the network must also cancel a "
         "surplus 0.5 |z|^2).",
-        "* The paper's Table 1 numbers are not verified in our sources; it reports AVB close to the optimum with far "
-        "lower reconstruction error than the VAE (unverified).", ""]
+        "* The paper's Table 1 beside these numbers, like with like: table1.md (reconstruction error per pixel; "
+        "KL(q(z), p(z)) also by the kNN estimator).", ""]
     return "\n".join(lines)
 
 
@@ -607,7 +623,7 @@ def figure(npzs: list[str | os.PathLike], evals: list[dict], out_png: str | os.P
     colours = np.array(sns.color_palette("colorblind", N_IMAGES))
     fig, axes = plt.subplots(len(npzs), 2, figsize=(6.4, 3.2 * len(npzs)), squeeze=False)
     for row, (path, ev) in zip(axes, zip(npzs, evals)):
-        with np.load(path) as d:
+        with np.load(path, allow_pickle=False) as d:
             axis, post, scatter = d["axis"], d["posterior"], d["scatter"]
         ax = row[0]
         for i in range(N_IMAGES):
@@ -639,7 +655,10 @@ def figure(npzs: list[str | os.PathLike], evals: list[dict], out_png: str | os.P
     plt.close(fig)
 
 
-def report(eval_jsons: list[str], npzs: list[str], out_csv: str, out_md: str, out_png: str, out_pdf: str):
+def report(eval_jsons: list[str], npzs: list[str], out_csv: str, out_md: str, out_png: str, out_pdf: str,
+           out_table1: tuple[str, str, str] | None = None):
+    """summary.csv / .md and the latent-space figure; with ``out_table1`` (CSV, MD, TEX), the Table 1 replica
+    (``avb.table1``)."""
     df = table(eval_jsons)
     order = {m: i for i, m in enumerate(METHODS)}
     pairs = sorted(zip(eval_jsons, npzs), key=lambda p: order[json.loads(Path(p[0]).read_text())["method"]])
@@ -647,6 +666,9 @@ def report(eval_jsons: list[str], npzs: list[str], out_csv: str, out_md: str, ou
     md = markdown(df)
     io.write_text(md, out_md)
     figure([p[1] for p in pairs], [json.loads(Path(p[0]).read_text()) for p in pairs], out_png, out_pdf)
+    if out_table1 is not None:
+        from . import table1
+        md += "\n" + table1.write(df, *out_table1)
     return md
 
 
@@ -660,7 +682,8 @@ def add_cli_arguments(p: argparse.ArgumentParser) -> None:
     t.add_argument("--threads", type=int)
     e = sub.add_parser("evaluate", help="exact log p(x) by quadrature, posteriors, ELBO and KL estimates")
     e.add_argument("model")
-    e.add_argument("--settings", default="{}", help="JSON of toy eval settings (the toy.eval section of a config)")
+    e.add_argument("--config", help="JSON file of toy eval settings (the toy.eval section of a config, as "
+                                    "eval_config.json); unset keys take the schema defaults")
     e.add_argument("--out-json", required=True)
     e.add_argument("--out-npz", required=True, help="grid posteriors and encoder samples for the figure")
     e.add_argument("--threads", type=int)
@@ -671,17 +694,20 @@ def add_cli_arguments(p: argparse.ArgumentParser) -> None:
     r.add_argument("--out-md", required=True)
     r.add_argument("--out-png", required=True)
     r.add_argument("--out-pdf", required=True)
+    r.add_argument("--out-table1", nargs=3, metavar=("CSV", "MD", "TEX"),
+                   help="the Table 1 replica: ours beside the paper's printed values (avb/published.py)")
 
 
 def run_cli(a: argparse.Namespace) -> str:
     if a.toy_cmd == "train":
         return str(train(json.loads(Path(a.run_config).read_text()), a.out))
     if a.toy_cmd == "evaluate":
-        from .config import validate
-        settings = validate({"preset": "cli", "toy": {"eval": json.loads(a.settings)}}, "toy eval settings")
+        from .config import read_settings, validate
+        given = read_settings(a.config) if a.config else {}
+        settings = validate({"preset": "cli", "toy": {"eval": given}}, f"toy eval settings {a.config or ''}")
         summary, arrays = evaluate(a.model, settings["toy"]["eval"])
         write_eval(summary, arrays, a.out_json, a.out_npz)
         return json.dumps(summary, indent=2)
     if len(a.evals) != len(a.npz):
         raise ValueError("--evals and --npz need one file per method each")
-    return report(a.evals, a.npz, a.out_csv, a.out_md, a.out_png, a.out_pdf)
+    return report(a.evals, a.npz, a.out_csv, a.out_md, a.out_png, a.out_pdf, a.out_table1)

@@ -4,10 +4,21 @@ Each iteration draws one batch, computes the method's primal and adversary losse
 applies both Adam updates at once (the official ``get_train_op``). With ``adversary_steps = k > 1`` the adversary gets
 k - 1 further updates on fresh batches after each joint step (the toy notebook's scheme).
 
-Checkpoints (model, both optimisers, data order and every RNG state) are written atomically every
-``checkpoint_every`` steps to ``<out>/checkpoint.pt``; a rerun with the same config resumes from it and continues
-bit-identically on the CPU. A non-finite loss stops the run with an error naming the step and the loss; the last
-good checkpoint is kept.
+A run always finishes and never runs a stranger's code:
+
+* Checkpoints (model, both optimisers, data order, every RNG state, the metrics history and the running metric sums)
+  are written atomically every ``checkpoint_every`` steps to ``<out>/checkpoint.pt``; the one before is kept as
+  ``checkpoint.prev.pt``. They hold tensors and plain values only and are read with ``weights_only=True``.
+* A rerun resumes from the checkpoint and continues bit-identically on the CPU, if the run config is the same up to
+  ``train.steps``: raising ``train.steps`` continues the run (20 + 20 steps = 40 steps); any other change restarts
+  (the log says which keys changed). A checkpoint already at ``train.steps`` (a kill while model.pt was written,
+  ``snakemake -F``) rewrites model.pt and train_metrics.csv from it.
+* A corrupt checkpoint.pt is moved to ``checkpoint.corrupt.pt`` and ``checkpoint.prev.pt`` is used (logged); stale
+  temporary files of killed writes are removed at start (logged).
+* SIGTERM or SIGUSR1 (SLURM's warning before the time limit) writes a checkpoint at the current step and stops with
+  ``TrainingInterrupted`` (the CLI exits non-zero, so a retry resumes).
+* A non-finite loss, or non-finite parameters after an update, stop the run with ``TrainingDiverged`` naming the run
+  folder and the first non-finite step; no checkpoint is written after it, the last good one is kept.
 """
 from __future__ import annotations
 
@@ -16,22 +27,34 @@ import json
 import logging
 import math
 import os
+import signal
+import threading
 import time
+from contextlib import contextmanager
 from pathlib import Path
-from typing import Any, Callable, Protocol
+from typing import Any, Callable, Iterator, Protocol, Sequence
 
 import torch
 from tqdm.auto import tqdm
 
 from . import data, io
+from .config import check_data
 from .objectives import Method, Step, build
 
 log = logging.getLogger("avb.train")
 METRIC_FIELDS = ["step", "loss_primal", "loss_adversary", "elbo", "recon", "kl", "adv_accuracy", "images_per_s"]
+CHECKPOINT_KEYS = ("run", "step", "metrics", "model", "opt_primal", "opt_adversary", "batches", "rng")
+STOP_SIGNALS = (signal.SIGTERM, signal.SIGUSR1)
+# The run-config keys that may change between a checkpoint and its resumption (raising it continues the run).
+CONTINUABLE_KEYS = ("train.steps",)
 
 
 class TrainingDiverged(RuntimeError):
-    """A loss became NaN or infinite."""
+    """A loss or a parameter became NaN or infinite."""
+
+
+class TrainingInterrupted(RuntimeError):
+    """SIGTERM / SIGUSR1 arrived; a checkpoint at the current step was written, a rerun resumes from it."""
 
 
 def resolve_device(name: str) -> torch.device:
@@ -89,23 +112,37 @@ def train_step(model: Method, x: torch.Tensor, opt_p: torch.optim.Optimizer, opt
     return s
 
 
-def step_metrics(s: Step) -> dict[str, float]:
+def step_metrics(s: Step, params: Sequence[torch.Tensor] = ()) -> dict[str, float]:
     """The per-step metrics the loop logs (losses, batch means of ELBO, recon, KL; adversary accuracy), read from
-    the device in one transfer."""
+    the device in one transfer. With ``params``, also ``param_sum``: the sum of every parameter, in the same
+    transfer; it is finite when all of them are (and overflows only for parameters near 1e38: diverged too)."""
     with torch.no_grad():
         vals = {"loss_primal": s.primal, "loss_adversary": s.adversary, "elbo": s.elbo.mean(),
                 "recon": s.recon.mean(), "kl": s.kl.mean(), "adv_accuracy": s.adv_accuracy}
         keys = [k for k, v in vals.items() if v is not None]
-        return dict(zip(keys, torch.stack([vals[k].float() for k in keys]).tolist()))
+        stacked = [vals[k].double() for k in keys]
+        if params:
+            keys.append("param_sum")
+            stacked.append(torch.stack([p.detach().sum() for p in params]).sum().double())
+        return dict(zip(keys, torch.stack(stacked).tolist()))
 
 
-def train(run: dict[str, Any], out_dir: str | os.PathLike, progress: bool = True) -> Path:
-    """Train one image-model run described by the resolved run config ``run``; returns the final model file."""
+def nonfinite_parameters(model: torch.nn.Module) -> list[str]:
+    """Names of the parameters of ``model`` holding a NaN or an infinity."""
+    with torch.no_grad():
+        return [name for name, p in model.named_parameters() if not bool(torch.isfinite(p).all())]
+
+
+def train(run: dict[str, Any], out_dir: str | os.PathLike, progress: bool = True,
+          data_dir: str | os.PathLike | None = None) -> Path:
+    """Train one image-model run described by the resolved run config ``run``; returns the final model file.
+    ``data_dir`` (else ``run['data_dir']``, where present) is the explicit data folder (see ``avb.data``)."""
     tr = run["train"]
     device = resolve_device(tr["device"])
     torch.manual_seed(run["seed"])
     data_gen = torch.Generator().manual_seed(run["seed"] + 1)
-    splits = data.load(run["dataset"], run.get("data_dir"))
+    splits = data.load(run["dataset"], data_dir if data_dir is not None else run.get("data_dir"))
+    check_data(run, splits)  # the data the run config records by checksum (avb.config), wherever they were found
     print(f"[avb] {run['dataset']}: data from {splits.source}", flush=True)
     batches = data.Batches(splits, "train", tr["batch_size"], data_gen, device)
     model = build_model(run).to(device)
@@ -120,77 +157,202 @@ class BatchSource(Protocol):
     def load_state_dict(self, state: dict) -> None: ...
 
 
+def _flat(d: dict[str, Any], prefix: str = "") -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for k, v in d.items():
+        if isinstance(v, dict):
+            out.update(_flat(v, f"{prefix}{k}."))
+        else:
+            out[f"{prefix}{k}"] = v
+    return out
+
+
+def config_change(old: dict[str, Any], new: dict[str, Any]) -> str | None:
+    """Why a checkpoint written for run config ``old`` cannot be continued under ``new``, or None where it can:
+    the two may differ in ``CONTINUABLE_KEYS`` (``train.steps``) only."""
+    a, b = _flat(old), _flat(new)
+    changed = [k for k in sorted(a.keys() | b.keys()) if k not in CONTINUABLE_KEYS and a.get(k, "<unset>") !=
+               b.get(k, "<unset>")]
+    if not changed:
+        return None
+    shown = ", ".join(f"{k}: {a.get(k, '<unset>')!r} -> {b.get(k, '<unset>')!r}" for k in changed[:5])
+    return shown + (f" and {len(changed) - 5} more" if len(changed) > 5 else "")
+
+
+def load_checkpoint(out: Path) -> dict[str, Any] | None:
+    """The newest readable checkpoint of run folder ``out`` (on the CPU), or None where there is none.
+
+    A corrupt ``checkpoint.pt`` is moved to ``checkpoint.corrupt.pt`` (kept for inspection) and ``checkpoint.prev.pt``
+    is used instead, both logged; with no readable checkpoint left, ``io.CorruptFile`` names them. A file holding
+    more than tensors and plain values is never loaded and never skipped over: ``io.UnsafeFile``.
+    """
+    current, prev = out / "checkpoint.pt", out / "checkpoint.prev.pt"
+    errors = []
+    for path in (current, prev):
+        if not path.exists():
+            continue
+        try:
+            ck = io.load_torch(path, "cpu", CHECKPOINT_KEYS)
+        except io.UnsafeFile:
+            raise
+        except io.CorruptFile as err:
+            errors.append(str(err))
+            if path == current:
+                os.replace(current, out / "checkpoint.corrupt.pt")
+                print(f"[avb] {err}; moved it to {out / 'checkpoint.corrupt.pt'}", flush=True)
+            continue
+        if path == prev:
+            print(f"[avb] using the previous checkpoint {prev} (step {ck['step']})", flush=True)
+        return ck
+    if errors:
+        raise io.CorruptFile(f"no readable checkpoint in {out}: {'; '.join(errors)}. Delete the checkpoint files "
+                             f"to train {out} from the start")
+    return None
+
+
+@contextmanager
+def stop_signals() -> Iterator[list[int]]:
+    """Collect SIGTERM / SIGUSR1 into the yielded list instead of dying (main thread only; elsewhere the list
+    stays empty and the signals keep their handlers); the previous handlers are restored on exit."""
+    got: list[int] = []
+    if threading.current_thread() is not threading.main_thread():
+        yield got
+        return
+    old = {sig: signal.signal(sig, lambda signum, frame: got.append(signum)) for sig in STOP_SIGNALS}
+    try:
+        yield got
+    finally:
+        for sig, handler in old.items():
+            signal.signal(sig, handler)
+
+
 def fit(model: Method, batches: BatchSource, data_gen: torch.Generator, run: dict[str, Any],
-        out_dir: str | os.PathLike, progress: bool = True) -> Path:
+        out_dir: str | os.PathLike, progress: bool = True, on_step: Callable[[int], None] | None = None) -> Path:
     """The training loop shared by every experiment (MNIST-type runs, the toy, eight schools).
 
     ``run`` is the JSON-able description of the run (it must hold the ``train`` section); a checkpoint in
-    ``out_dir`` is resumed only if it was written for an identical ``run``. ``data_gen`` is the generator that
-    ``batches`` draws from; its state is checkpointed with the global torch RNG. Seed the global RNG before
-    building ``model``.
+    ``out_dir`` is resumed if it was written for the same ``run`` up to ``train.steps`` (see the module docstring).
+    ``data_gen`` is the generator that ``batches`` draws from; its state is checkpointed with the global torch RNG.
+    Seed the global RNG before building ``model``. Writes ``model.pt`` and ``train_metrics.csv``; returns model.pt.
+    ``on_step(step)``, if given, is called after each iteration with the number done, before that iteration's
+    checkpoint is written (eight schools: posterior snapshots); it must leave the model and the RNG states as it
+    found them.
     """
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
-    tr = run["train"]
-    device = next(model.parameters()).device
-    opt_p, opt_a = make_optimizers(model, tr)
+    io.remove_stale_temps(out)
+    with stop_signals() as got_signal:
+        return _fit(model, batches, data_gen, run, out, progress, got_signal, on_step)
 
-    ckpt_path, metrics_path = out / "checkpoint.pt", out / "train_metrics.csv"
-    step, rows = 0, []
-    ck = torch.load(ckpt_path, map_location=device, weights_only=False) if ckpt_path.exists() else None
-    if ck is not None and ck["run"] != run:
-        print(f"[avb] {ckpt_path} belongs to another run config; starting afresh (it is replaced at the first "
-              f"checkpoint)", flush=True)
-        ck = None
+
+def _fit(model: Method, batches: BatchSource, data_gen: torch.Generator, run: dict[str, Any], out: Path,
+         progress: bool, got_signal: list[int], on_step: Callable[[int], None] | None = None) -> Path:
+    tr = run["train"]
+    n_steps, log_every = tr["steps"], tr["log_every"]
+    opt_p, opt_a = make_optimizers(model, tr)
+    ckpt_path, metrics_path, final = out / "checkpoint.pt", out / "train_metrics.csv", out / "model.pt"
+
+    # rows: the metric rows at multiples of log_every; acc / n_acc: the sums since the last row; tail: the row of
+    # a run that ended off a log_every boundary (dropped when the run is continued, so 20 + 20 steps = 40 steps).
+    step, rows, acc, n_acc, tail = 0, [], {}, 0, None
+    ck = load_checkpoint(out)
     if ck is not None:
-        model.load_state_dict(ck["model"])
-        opt_p.load_state_dict(ck["opt_primal"])
-        if opt_a is not None:
-            opt_a.load_state_dict(ck["opt_adversary"])
-        batches.load_state_dict(ck["batches"])
-        data_gen.set_state(ck["rng"]["data"])
-        torch.set_rng_state(ck["rng"]["torch"])
-        if torch.cuda.is_available() and ck["rng"].get("cuda") is not None:
-            torch.cuda.set_rng_state_all(ck["rng"]["cuda"])
-        step, rows = ck["step"], ck["metrics"]
-        print(f"[avb] resuming {out} from step {step}", flush=True)
+        why = config_change(ck["run"], run)
+        why = f"it belongs to another run config ({why})" if why else None
+        if why is None and ck["step"] > n_steps:
+            why = f"it is at step {ck['step']}, beyond train.steps = {n_steps}"
+        if why is not None:
+            print(f"[avb] not resuming {ckpt_path}: {why}; starting afresh (it is replaced at the first "
+                  f"checkpoint)", flush=True)
+            ck = None
+    if ck is not None:
+        try:
+            model.load_state_dict(ck["model"])
+            opt_p.load_state_dict(ck["opt_primal"])
+            if opt_a is not None:
+                opt_a.load_state_dict(ck["opt_adversary"])
+            batches.load_state_dict(ck["batches"])
+            data_gen.set_state(ck["rng"]["data"])
+            torch.set_rng_state(ck["rng"]["torch"])
+            if torch.cuda.is_available() and ck["rng"].get("cuda") is not None:
+                torch.cuda.set_rng_state_all(ck["rng"]["cuda"])
+        except (RuntimeError, KeyError, ValueError, TypeError) as err:
+            raise io.CorruptFile(f"{ckpt_path}: does not fit this run's model / optimisers ({type(err).__name__}: "
+                                 f"{str(err).splitlines()[0][:200]}); delete it to train from the start") from None
+        step, rows = ck["step"], list(ck["metrics"])
+        acc, n_acc, tail = dict(ck.get("acc", {})), int(ck.get("n_acc", 0)), ck.get("tail")
+        if step == n_steps:
+            print(f"[avb] {ckpt_path} is at step {step} = train.steps: writing {final.name} and {metrics_path.name} "
+                  f"from it (delete it to retrain)", flush=True)
+        else:
+            print(f"[avb] resuming {out} from step {step}" + (f" (train.steps raised from {ck['run']['train']['steps']}"
+                  f" to {n_steps})" if ck["run"]["train"]["steps"] != n_steps else ""), flush=True)
+            tail = None
+    good_step = step  # the step of the last good checkpoint on disk (0: none)
 
     def save_checkpoint() -> None:
         io.save_torch({
-            "run": run, "step": step, "metrics": rows, "model": model.state_dict(),
-            "opt_primal": opt_p.state_dict(), "opt_adversary": opt_a.state_dict() if opt_a else None,
-            "batches": batches.state_dict(),
+            "run": run, "step": step, "metrics": rows, "acc": acc, "n_acc": n_acc, "tail": tail,
+            "model": model.state_dict(), "opt_primal": opt_p.state_dict(),
+            "opt_adversary": opt_a.state_dict() if opt_a else None, "batches": batches.state_dict(),
             "rng": {"data": data_gen.get_state(), "torch": torch.get_rng_state(),
                     "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else None},
-        }, ckpt_path)
+        }, ckpt_path, backup=out / "checkpoint.prev.pt")
+        write_metrics(rows + ([tail] if tail else []), metrics_path)
+
+    def diverged(msg: str) -> TrainingDiverged:
+        kept = f"the last good checkpoint (step {good_step}) is kept" if good_step else "no checkpoint was written"
+        return TrainingDiverged(f"{out}: {msg}; training stopped, {kept}")
 
     params_p, params_a = model.primal_parameters(), model.adversary_parameters()
-    n_steps, log_every = tr["steps"], tr["log_every"]
-    acc: dict[str, float] = {}
-    t_last, n_acc = time.perf_counter(), 0
+    params_all = list(model.parameters())
+    t_last, n_timed = time.perf_counter(), 0
     bar = tqdm(total=n_steps, initial=step, desc=f"train {model.name}", disable=not progress, mininterval=2.0)
     model.train()
     next_batch = batches.__next__
     while step < n_steps:
-        s = train_step(model, next_batch(), opt_p, opt_a, params_p, params_a, tr["adversary_steps"], next_batch,
-                       step=step + 1)
+        try:
+            s = train_step(model, next_batch(), opt_p, opt_a, params_p, params_a, tr.get("adversary_steps", 1),
+                           next_batch, step=step + 1)  # a VAE's run config has no adversary settings
+        except TrainingDiverged as err:
+            raise diverged(str(err).split("; training stopped")[0]) from None
         step += 1
         n_acc += 1
-        for key, val in step_metrics(s).items():
+        n_timed += 1
+        values = step_metrics(s, params_all)
+        if not math.isfinite(values.pop("param_sum")):
+            bad = nonfinite_parameters(model)
+            if bad:
+                raise diverged(f"step {step}: parameters not finite after the update ({', '.join(bad[:3])}"
+                               f"{' ...' if len(bad) > 3 else ''}; the losses were finite)")
+            raise diverged(f"step {step}: parameters diverged after the update (no NaN or inf, but their sum "
+                           f"overflows: values near 1e38; the losses were finite)")
+        for key, val in values.items():
             acc[key] = acc.get(key, 0.0) + val
         if step % log_every == 0 or step == n_steps:
             now = time.perf_counter()
             row = {"step": step, **{k: v / n_acc for k, v in acc.items()},
-                   "images_per_s": n_acc * tr["batch_size"] / (now - t_last)}
-            rows.append({k: row.get(k, math.nan) for k in METRIC_FIELDS})
-            acc, t_last, n_acc = {}, now, 0
-            bar.set_postfix(elbo=f"{row.get('elbo', math.nan):.1f}")
-        if step % tr["checkpoint_every"] == 0 or step == n_steps:
+                   "images_per_s": n_timed * tr["batch_size"] / (now - t_last)}
+            row = {k: row.get(k, math.nan) for k in METRIC_FIELDS}
+            if step % log_every == 0:
+                rows.append(row)
+                acc, n_acc, t_last, n_timed = {}, 0, now, 0
+            else:
+                tail = row
+            bar.set_postfix(elbo=f"{row['elbo']:.1f}")
+        if on_step is not None:
+            on_step(step)
+        if step % tr["checkpoint_every"] == 0 or step == n_steps or got_signal:
             save_checkpoint()
-            write_metrics(rows, metrics_path)
+            good_step = step
         bar.update(1)
+        if got_signal and step < n_steps:
+            bar.close()
+            raise TrainingInterrupted(f"{out}: {signal.Signals(got_signal[0]).name} at step {step} of {n_steps}: "
+                                      f"checkpoint written to {ckpt_path}; rerun to resume")
     bar.close()
-    final = out / "model.pt"
+    if ck is not None and ck["step"] == n_steps:
+        write_metrics(rows + ([tail] if tail else []), metrics_path)
     io.save_torch({"run": run, "step": step, "model": model.state_dict()}, final)
     return final
 
@@ -203,10 +365,21 @@ def write_metrics(rows: list[dict[str, float]], path: Path) -> None:
 
 
 def load_model(path: str | os.PathLike, device: str | torch.device = "cpu") -> tuple[Method, dict[str, Any]]:
-    """A trained model (in eval mode) and its run config from a ``model.pt`` or ``checkpoint.pt``."""
-    ck = torch.load(path, map_location=device, weights_only=False)
-    model = build_model(ck["run"]).to(device)
-    model.load_state_dict(ck["model"])
+    """A trained model (in eval mode) and its run config from a ``model.pt`` or ``checkpoint.pt``.
+
+    Read with ``weights_only=True`` (``io.load_torch``); a file that does not describe a model of this package, or
+    whose parameters are not all finite, is an error naming it.
+    """
+    ck = io.load_torch(path, "cpu", ("run", "model"))
+    try:
+        model = build_model(ck["run"]).to(device)
+        model.load_state_dict(ck["model"])
+    except (RuntimeError, KeyError, TypeError, ValueError) as err:
+        raise io.CorruptFile(f"{path}: its weights do not fit the model its run config describes "
+                             f"({type(err).__name__}: {str(err).splitlines()[0][:200]})") from None
+    bad = nonfinite_parameters(model)
+    if bad:
+        raise io.NonFiniteResult(f"{path}: parameters not finite ({', '.join(bad[:3])}); refusing to use the model")
     return model.eval(), ck["run"]
 
 

@@ -10,11 +10,13 @@ ROOT = Path(__file__).resolve().parent.parent
 BIN = Path(sys.executable).parent
 
 
-def snakemake(workdir: Path, *args: str, timeout: float = 900) -> subprocess.CompletedProcess:
+def snakemake(workdir: Path, *args: str, timeout: float = 900,
+              path_first: Path | None = None) -> subprocess.CompletedProcess:
     """``<venv>/bin/snakemake -s <repo>/Snakefile -d workdir *args``, with the venv taken *off* PATH: calling the
-    venv's snakemake without activating the venv must work (jobs run Snakemake's own interpreter)."""
+    venv's snakemake without activating the venv must work (jobs run Snakemake's own interpreter). ``path_first``:
+    a folder put first on PATH (e.g. holding a fake tool)."""
     path = [p for p in os.environ["PATH"].split(os.pathsep) if Path(p).resolve() != BIN.resolve()]
-    env = {**os.environ, "PATH": os.pathsep.join(path)}
+    env = {**os.environ, "PATH": os.pathsep.join(([str(path_first)] if path_first else []) + path)}
     return subprocess.run([str(BIN / "snakemake"), "-s", str(ROOT / "Snakefile"), "-d", str(workdir), *args],
                           capture_output=True, text=True, env=env, timeout=timeout, cwd=workdir)
 

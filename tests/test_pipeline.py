@@ -60,8 +60,8 @@ def test_pipeline_produces_summary_and_reruns_nothing(tmp_path):
     cfg2.write_text(yaml.safe_dump({**TINY, "eval": {**TINY["eval"], "ais_steps": 4, "n_test": 6}}))
     dry = snakemake(tmp_path, "--configfile", str(cfg2), "-n")
     assert dry.returncode == 0, dry.stderr[-3000:]
-    assert job_stats(dry.stdout + dry.stderr) == {"eval_config": 3, "evaluate": 3, "report": 1, "all": 1,
-                                                  "total": 8}
+    assert job_stats(dry.stdout + dry.stderr) == {"eval_config": 3, "evaluate": 3, "report": 1, "claims": 1,
+                                                  "all": 1, "total": 9}
     # Each training tracks only what it reads: adversary and encoder-noise settings never retrain the VAE ...
     per_run = ("run_config", "train", "evaluate", "ais_convergence", "run_figures")
     adv = {**TINY, "model": {**TINY["model"], "adv_hidden": 12, "adv_embed": 12, "adv_layers": 2, "eps_dim": 3,

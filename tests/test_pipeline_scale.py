@@ -101,11 +101,13 @@ def test_reruns_only_what_a_change_affects(pipeline, tmp_path):
     dry = snakemake(work, "-n", "--configfile", str(cfg))
     assert dry.returncode == 0 and "Nothing to be done" in dry.stdout + dry.stderr
     # A training value of one method: that method's run is retrained and re-evaluated, and the report redone.
-    over = write_config(tmp_path / "over.yaml", {**TINY, "method_overrides": {"avb": {"train": {"lr": 3e-4}}}})
+    over = write_config(tmp_path / "over.yaml", {**TINY, "overrides": [{"match": {"method": "avb"},
+                                                                         "train": {"lr": 3e-4}}]})
     dry = snakemake(work, "-n", "--configfile", str(over))
     assert dry.returncode == 0, dry.stderr[-3000:]
     text = dry.stdout + dry.stderr
-    assert job_stats(text) == {"run_config": 1, "train": 1, "evaluate": 1, "report": 1, "all": 1, "total": 5}
+    assert job_stats(text) == {"run_config": 1, "train": 1, "evaluate": 1, "run_figures": 1, "report": 1, "claims": 1,
+                               "all": 1, "total": 7}
     assert all("method=avb" in j["wildcards"] for j in jobs(text) if j["rule"] in ("run_config", "train", "evaluate"))
     # Resources are not results: changing them reruns nothing.
     res = write_config(tmp_path / "res.yaml", {**TINY, "resources": {"train": {"mem_mb": 3000, "runtime": 99}}})
@@ -134,8 +136,10 @@ def test_report_has_captioned_figures_and_tables_by_stage(pipeline):
     assert categories == {
         "1. Training": {"mnist, z = 2": [run.format(method=m) + "/train_metrics.csv" for m in ("vae", "avb")]},
         "2. Evaluation": {"mnist, z = 2": [run.format(method=m) + "/eval_per_image.csv" for m in ("vae", "avb")]},
-        "3. Summary": {"Other": [f"results/scale/{f}" for f in ("samples_and_curves.png", "summary.csv", "summary.md",
-                                                                 "table2.md")]},
+        "3. Summary": {"Other": [f"results/scale/{f}" for f in ("claims.md", "samples_and_curves.png", "summary.csv",
+                                                                 "summary.md", "table2.md")]},
+        "4. Figures": {"mnist, z = 2": [run.format(method=m) + f"/{f}" for f in ("fig7.png", "interpolations.png")
+                                        for m in ("vae", "avb")]},
     }
     captions = {path: " ".join(re.sub(r"<[^>]+>", "", item["caption"]).split()) for path, item in items.items()}
     assert set(captions) == {f for cat in categories.values() for files in cat.values() for f in files}
@@ -186,7 +190,7 @@ def test_killed_training_is_not_trusted_and_resumes(tmp_path):
     assert r.returncode == 0, r.stderr[-3000:]
     log = (run / "logs/train.log").read_text()
     assert re.search(r"resuming \S+ from step [1-9]\d*", log), log[-2000:]
-    assert torch.load(run / "model.pt", weights_only=False)["step"] == 1500
+    assert torch.load(run / "model.pt", weights_only=True)["step"] == 1500
     metrics = pd.read_csv(run / "train_metrics.csv")
     assert list(metrics.step) == list(range(50, 1501, 50)) and metrics.elbo.notna().all()
     assert (tmp_path / "results/kill/summary.csv").exists()
@@ -199,7 +203,8 @@ def test_failed_job_keeps_its_log_and_names_it(tmp_path):
     cfg = write_config(tmp_path / "fail.yaml", {
         **TINY, "preset": "fail", "methods": ["vae"], "resources": {},
         "train": {**TINY["train"], "device": "cpu"},
-        "method_overrides": {"vae": {"train": {"batch_size": 100000}}}})  # more than the 55k training images
+        "overrides": [{"match": {"method": "vae"},
+                       "train": {"batch_size": 100000}}]})  # more than the 55k training images
     r = snakemake(tmp_path, "--cores", "1", "--configfile", str(cfg), "--show-failed-logs")
     out = r.stdout + r.stderr
     assert r.returncode != 0

@@ -213,31 +213,37 @@ def test_avb_networks_and_adaptive_contrast_moments():
 
 # ------------------------------------------------------------------------------------------------------ pipeline
 @pytest.mark.slow
-def test_cli_gold_fit_report_end_to_end(tmp_path):
+def test_cli_gold_fit_kl_report_end_to_end(tmp_path):
     from avb.cli import main
+    from avb.schools_kl import CURVE_COLUMNS
 
-    settings = {"seed": 0, "n_samples": 400,
+    settings = {"seed": 0, "n_samples": 400, "kl_every": 20, "kl_samples": 300,
                 "gold": {"chains": 4, "warmup": 50, "draws": 300},
                 "advi": {"steps": 40, "batch_size": 16, "log_every": 10},
                 "avb": {"steps": 6, "batch_size": 32, "adv_hidden": 16, "adv_blocks": 1, "hidden": 16,
                         "checkpoint_every": 3, "log_every": 2},
-                "metrics": {"divergence_samples": 100, "divergence_repeats": 2, "quad_grid": 201}}
-    js = json.dumps(settings)
+                "metrics": {"divergence_samples": 100, "divergence_repeats": 2, "quad_grid": 201, "kl_repeats": 3}}
+    js = tmp_path / "settings.json"
+    js.write_text(json.dumps(settings))
+    cfg = ["--config", str(js)]
     gold = tmp_path / "gold"
-    assert main(["schools", "gold", "--settings", js, "--out-npz", str(gold / "draws.npz"),
+    assert main(["schools", "gold", *cfg, "--out-npz", str(gold / "draws.npz"),
                  "--out-json", str(gold / "diag.json")]) == 0
     fits = []
     for method in ("advi_meanfield", "avb_ac"):
         fits.append(str(tmp_path / method))
-        assert main(["schools", "fit", "--method", method, "--settings", js, "--out", fits[-1]]) == 0
+        assert main(["schools", "fit", "--method", method, *cfg, "--out", fits[-1]]) == 0
     out = tmp_path / "report"
     with warnings.catch_warnings():
         warnings.simplefilter("error", DeprecationWarning)
         warnings.simplefilter("error", FutureWarning)
+        assert main(["schools", "kl", "--gold-npz", str(gold / "draws.npz"), "--snapshots",
+                     *[f"{f}/snapshots.npz" for f in fits[::-1]], *cfg, "--out-csv", str(out / "kl_curve.csv"),
+                     "--out-png", str(out / "kl_iterations.png"), "--out-pdf", str(out / "kl_iterations.pdf")]) == 0
         assert main(["schools", "report", "--gold-npz", str(gold / "draws.npz"), "--gold-json", str(gold / "diag.json"),
-                     "--fits", *fits, "--settings", js, "--out-csv", str(out / "summary.csv"),
+                     "--fits", *fits, *cfg, "--out-csv", str(out / "summary.csv"),
                      "--out-md", str(out / "summary.md"), "--out-params", str(out / "per_parameter.csv"),
-                     "--out-fig", str(out / "mu_tau.png")]) == 0
+                     "--out-fig", str(out / "mu_tau.png"), "--kl-curve", str(out / "kl_curve.csv")]) == 0
     import pandas as pd
 
     df = pd.read_csv(out / "summary.csv")
@@ -250,3 +256,24 @@ def test_cli_gold_fit_report_end_to_end(tmp_path):
     assert "HMC (gold)" in (out / "summary.md").read_text()
     assert (tmp_path / "avb_ac" / "checkpoint.pt").exists()
     assert np.load(tmp_path / "avb_ac" / "samples.npz")["samples"].shape == (400, 10)
+    # the KL curve: snapshots at 0, every kl_every and the last iteration; n = kl_samples / kl_repeats per estimate
+    curve = pd.read_csv(out / "kl_curve.csv")
+    assert list(curve.columns) == CURVE_COLUMNS and list(curve.method.unique()) == ["advi_meanfield", "avb_ac"]
+    assert curve[curve.method == "advi_meanfield"].iteration.tolist() == [0, 20, 40]
+    assert curve[curve.method == "avb_ac"].iteration.tolist() == [0, 6]
+    assert (curve.n == 100).all() and (curve.k == 3).all() and np.isfinite(curve.kl).all() and (curve.kl_se > 0).all()
+    assert curve[curve.method == "avb_ac"].kl_gaussian.isna().all()
+    assert np.isfinite(curve[curve.method == "advi_meanfield"].kl_gaussian).all()
+    # the summary's KL columns are the curve's last iteration; the HMC row holds the noise floor
+    s = df.set_index("method")
+    last = curve[curve.method == "avb_ac"].iloc[-1]
+    assert s.loc["avb_ac", "kl_hmc"] == pytest.approx(last.kl)
+    assert s.loc["avb_ac", "kl_hmc_se"] == pytest.approx(last.kl_se)
+    assert s.loc["hmc", "kl_hmc"] == pytest.approx(last.kl_noise_floor) == s.loc["advi_meanfield", "kl_hmc_noise_floor"]
+    assert np.isnan(s.loc["avb_ac", "kl_gaussian"]) and np.isfinite(s.loc["advi_meanfield", "kl_gaussian"])
+    # ADVI's exact KL is log p(y) - ELBO (up to Monte-Carlo error and the plug-in bias of a Gaussian fitted to 300
+    # draws in 10-D, about d (d + 3) / (4 N) = 0.11)
+    r = s.loc["advi_meanfield"]
+    assert abs(r.kl_gaussian - (r.log_evidence - r.elbo)) < 4 * math.hypot(r.kl_gaussian_se, r.elbo_se) + 0.11
+    assert "KL to HMC" in (out / "summary.md").read_text()
+    assert (out / "kl_iterations.png").stat().st_size > 5000 and (out / "kl_iterations.pdf").stat().st_size > 0

@@ -34,7 +34,7 @@ TINY = {
     "toy": {"enabled": False}, "schools": {"enabled": False}, "convergence": {"enabled": False},
 }
 RUN = "results/slurm/runs/mnist/avb/z2/seed0"
-SLURM_RULES = {"train", "evaluate", "report"}  # run_config is a localrule, `all` has nothing to run
+SLURM_RULES = {"train", "evaluate", "run_figures", "report"}  # config and claims rules are local, `all` has nothing to run
 
 
 @pytest.fixture(scope="module")
@@ -119,7 +119,7 @@ def test_tiny_preset_through_slurm_profile_matches_local_run(cluster, tmp_path):
         assert (d / "results/slurm/samples_and_curves.png").stat().st_size > 1000
     metrics = [pd.read_csv(d / RUN / "train_metrics.csv").drop(columns=["images_per_s"]) for d in (local_dir, slurm_dir)]
     pd.testing.assert_frame_equal(*metrics)
-    models = [torch.load(d / RUN / "model.pt", weights_only=False)["model"] for d in (local_dir, slurm_dir)]
+    models = [torch.load(d / RUN / "model.pt", weights_only=True)["model"] for d in (local_dir, slurm_dir)]
     assert models[0].keys() == models[1].keys()
     assert all(torch.equal(models[0][k], models[1][k]) for k in models[0])
     assert (slurm_dir / RUN / "eval_per_image.csv").read_text() == (local_dir / RUN / "eval_per_image.csv").read_text()

@@ -10,7 +10,7 @@ import pytest
 import torch
 from torch import nn
 
-from avb import latex, toy
+from avb import latex, published, table1, toy
 from avb.objectives import log_normal
 
 LOG_Q = -math.log(4.0)
@@ -143,6 +143,35 @@ def test_kl_estimate_of_gaussians_is_close_and_biased_downwards():
     assert bw < 0.3
 
 
+def test_table1_reading_of_the_printed_reconstruction_error():
+    """The printed ELBO and KL(q(z), p(z)) bound the per-image reconstruction error from below (I(x; z) <= log 4) above
+    the printed values, and four times the printed values (per pixel -> per image) satisfy the bound."""
+    bounds = table1.implied_recon_bounds()
+    for m in ("vae", "avb"):
+        printed = published.TABLE1["recon_error"][m].value
+        assert printed < bounds[m] <= 4 * printed, (m, printed, bounds[m])
+
+
+def test_table1_cells_are_ours_minus_published():
+    df = pd.DataFrame([{"method": m, "iterations": 10, "log_px_exact": -1.5 + i / 10, "recon_error": 0.4 - i / 10,
+                        "recon_error_paper": (0.4 - i / 10) / 4, "elbo": -1.7, "elbo_is_bound": m == "vae",
+                        "kl_aggregate_prior": 0.1, "kl_aggregate_prior_knn": 0.12, "knn_k": 3, "n_samples": 100}
+                       for i, m in enumerate(toy.METHODS)])
+    t = pd.DataFrame(table1.rows(df))
+    for key, col in (("log_px", "log_px_exact"), ("recon_error", "recon_error_paper"), ("elbo", "elbo"),
+                     ("kl_aggregate_prior", "kl_aggregate_prior_knn")):
+        for m in ("vae", "avb"):
+            r = t[(t.our_column == col) & (t.method == m)].iloc[0]
+            assert r.difference == pytest.approx(df.set_index("method").loc[m, col] - published.TABLE1[key][m].value)
+    ours_only = t[t.our_column == "recon_error"]
+    assert ours_only.published.isna().all() and ours_only.difference.isna().all()
+    md = table1.markdown(df)
+    rows = [line for line in md.splitlines() if line.startswith("|")]
+    assert len({line.count("|") for line in rows}) == 1 and len(rows) == 2 + len(table1.ROWS)
+    assert "≈ −1.421" in md and "≈ −1.7" in md          # AVB's printed and our adversarial ELBO are marked
+    assert table1.latex_table(md).count(r"\\") == len(rows) - 1
+
+
 # --------------------------------------------------------------------------------------------------- networks
 def test_networks_follow_the_notebook():
     adv = toy.ToyAdversary(hidden=16, blocks=3)
@@ -238,7 +267,8 @@ def test_evaluate_and_report_write_the_table_and_figure(trained, tmp_path):
         evals.append(str(tmp_path / f"{m}.json"))
         npzs.append(str(tmp_path / f"{m}.npz"))
     out = {k: str(tmp_path / f"summary.{k}") for k in ("csv", "md", "png", "pdf")}
-    md = toy.report(evals[::-1], npzs[::-1], out["csv"], out["md"], out["png"], out["pdf"])
+    t1 = tuple(str(tmp_path / f"table1.{k}") for k in ("csv", "md", "tex"))
+    md = toy.report(evals[::-1], npzs[::-1], out["csv"], out["md"], out["png"], out["pdf"], t1)
     df = pd.read_csv(out["csv"])
     assert list(df.method) == ["vae", "avb", "avb_ac"] and list(df.columns) == toy.COLUMNS
     assert (df.log_px_exact <= LOG_Q + 1e-9).all() and (df.optimum == LOG_Q).all()
@@ -256,13 +286,27 @@ def test_evaluate_and_report_write_the_table_and_figure(trained, tmp_path):
     for k in ("png", "pdf"):
         assert (tmp_path / f"summary.{k}").stat().st_size > 5000
     assert json.loads((tmp_path / "vae.json").read_text())["iterations"] == 300
+    # the paper's unit of reconstruction error, and the kNN estimate of KL(q(z), p(z)) beside ours
+    np.testing.assert_allclose(df.recon_error_paper, df.recon_error / 4)
+    assert np.isfinite(df.kl_aggregate_prior_knn).all() and (df.knn_k == 3).all()
+    assert abs(vae.kl_aggregate_prior_knn - vae.kl_aggregate_prior) < 0.05   # kNN vs the exact mixture density (2-D)
+    # Table 1 replica: ours beside the printed values, ours - paper per cell, AVB + AC as ours only
+    t = pd.read_csv(t1[0])
+    assert list(t.columns) == table1.CSV_COLUMNS and set(t.method) == set(toy.METHODS)
+    assert t[t.method == "avb_ac"].published.isna().all()
+    cell = t[(t.method == "avb") & (t.our_column == "recon_error_paper")].iloc[0]
+    assert cell.published == published.TABLE1["recon_error"]["avb"].value
+    assert cell.difference == pytest.approx(df.set_index("method").loc["avb", "recon_error_paper"] - cell.published)
+    text = Path(t1[1]).read_text()
+    assert published.SOURCE in text and "AVB + AC (ours)" in text.splitlines()[2]
+    assert r"\toprule" in Path(t1[2]).read_text()
 
 
 def test_interrupted_toy_run_resumes_bit_identically(tmp_path, monkeypatch):
     from avb import train as tr
     run = short_run("avb_ac", steps=60)
     run["train"]["checkpoint_every"] = 20
-    ref = torch.load(toy.train(run, tmp_path / "ref", progress=False), weights_only=False)["model"]
+    ref = torch.load(toy.train(run, tmp_path / "ref", progress=False), weights_only=True)["model"]
     calls = {"n": 0}
     orig = tr.train_step
 
@@ -276,6 +320,26 @@ def test_interrupted_toy_run_resumes_bit_identically(tmp_path, monkeypatch):
     with pytest.raises(KeyboardInterrupt):
         toy.train(run, tmp_path / "b", progress=False)
     monkeypatch.setattr(tr, "train_step", orig)
-    assert torch.load(tmp_path / "b" / "checkpoint.pt", weights_only=False)["step"] == 40
-    got = torch.load(toy.train(run, tmp_path / "b", progress=False), weights_only=False)["model"]
+    assert torch.load(tmp_path / "b" / "checkpoint.pt", weights_only=True)["step"] == 40
+    got = torch.load(toy.train(run, tmp_path / "b", progress=False), weights_only=True)["model"]
     assert ref.keys() == got.keys() and all(torch.equal(ref[k], got[k]) for k in ref)
+
+
+def test_paper_preset_trains_the_toy_at_the_notebooks_budget():
+    """config/paper.yaml's toy block against notebooks/AVB_toy_example.ipynb and VAE_toy_example.ipynb: 100,000
+    iterations, batch 512, Adam (TF defaults: beta1 0.9) at lr 2e-5 (encoder + decoder) and 1e-4 (adversary), two
+    adversary updates per primal update, the notebook's networks."""
+    import yaml
+    from avb.config import validate
+
+    raw = yaml.safe_load((Path(__file__).resolve().parent.parent / "config" / "paper.yaml").read_text())
+    cfg = validate({"preset": "paper", "toy": raw["toy"]})["toy"]
+    assert cfg["methods"] == list(toy.METHODS)
+    for method in toy.METHODS:
+        run = toy.run_config(cfg, method)
+        tr = run["train"]
+        assert (tr["steps"], tr["batch_size"], tr["lr"], tr["adam_beta1"]) == (100_000, 512, 2e-5, 0.9), method
+        if method != "vae":
+            assert (tr["lr_adversary"], tr["adversary_steps"]) == (1e-4, 2)
+        assert run["model"] == {k: toy.DEFAULT_MODEL[k] for k in run["model"]}          # the notebook's networks
+    assert toy.DEFAULT_MODEL["adv_prior_term"] == "sum_sq"

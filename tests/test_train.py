@@ -26,7 +26,7 @@ def run_config(method="avb_ac", steps=40, **train):
 
 
 def weights(path):
-    return torch.load(path, weights_only=False)["model"]
+    return torch.load(path, weights_only=True)["model"]
 
 
 def same(a, b):
@@ -64,7 +64,7 @@ def test_resume_after_sigkill_is_bit_identical(tmp_path):
     proc.send_signal(signal.SIGKILL)
     proc.wait()
     assert not (out / "model.pt").exists(), "the run finished before it was killed; make it longer"
-    step = torch.load(out / "checkpoint.pt", weights_only=False)["step"]
+    step = torch.load(out / "checkpoint.pt", weights_only=True)["step"]
     assert 0 < step < 300
     subprocess.run(cmd(out), env=env, check=True, capture_output=True)
     assert same(weights(out / "model.pt"), weights(tmp_path / "ref" / "model.pt"))
@@ -89,7 +89,7 @@ def test_nan_guard_names_step_and_loss_and_keeps_checkpoint(tmp_path, monkeypatc
     monkeypatch.setattr(tr, "build_model", poisoned)
     with pytest.raises(tr.TrainingDiverged, match=r"step 13: loss_primal = nan"):
         tr.train(run, tmp_path, progress=False)
-    assert torch.load(tmp_path / "checkpoint.pt", weights_only=False)["step"] == 10
+    assert torch.load(tmp_path / "checkpoint.pt", weights_only=True)["step"] == 10
     assert not (tmp_path / "model.pt").exists()
 
 

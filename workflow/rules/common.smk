@@ -1,13 +1,11 @@
 # Shared paths and helpers. Every output lives under <results_dir>/<preset>/, so presets never overwrite each other.
-import itertools
-import json
 import os
 import shlex
 import sys
 
 from avb.io import write_json  # atomic; avb.io imports no torch, so local run_config jobs stay instant
 
-OUT = f"{config['results_dir']}/{config['preset']}"
+OUT = os.path.normpath(os.path.join(config["results_dir"], config["preset"]))
 RUN = f"{OUT}/runs/{{dataset}}/{{method}}/z{{z_dim}}/seed{{seed}}"
 
 wildcard_constraints:
@@ -25,9 +23,11 @@ AVB = "python -m avb.cli"
 
 
 def avb(args):
-    """The shell command `python -m avb.cli <args>`. (Concatenating AVB with a string literal can read as path
-    composition to --lint when a later literal holds a slash.)"""
-    return f"{AVB} {args}"
+    """The shell command `exec python -m avb.cli <args>`: `exec` makes Python the job's process, so a SIGTERM from
+    SLURM (its time limit, preemption) reaches it and it checkpoints before it exits, while Snakemake waits for it.
+    No rule chains a command after it. (Concatenating AVB with a string literal can read as path composition to
+    --lint when a later literal holds a slash.)"""
+    return f"exec {AVB} {args}"
 
 
 # Without --use-conda, jobs run the interpreter that runs Snakemake (its bin/ goes first on PATH), so calling
@@ -45,17 +45,48 @@ shell.prefix(_prefix)
 
 def sweep():
     """One dict of wildcards per run of the sweep dataset x method x z_dim x seed."""
-    keys = ("dataset", "method", "z_dim", "seed")
-    grid = itertools.product(config["datasets"], config["methods"], config["z_dims"], config["seeds"])
-    return [dict(zip(keys, values)) for values in grid]
+    return avb_config.sweep(config)
 
 
 def run_files(name):
     return [f"{RUN}/{name}".format(**w) for w in sweep()]
 
 
+def _run(w):
+    return config, w.dataset, w.method, int(w.z_dim), int(w.seed)
+
+
 def run_config(w):
-    return avb_config.run_config(config, w.dataset, w.method, int(w.z_dim), int(w.seed))
+    """The run's fully resolved model / train / eval sections (the config's `overrides` applied)."""
+    return avb_config.run_config(*_run(w))
+
+
+# Settings reach every job as JSON files, written by local rules from tracked params holding only what the job reads
+# (avb.config.train_config / eval_config / convergence_config), and read with `--config FILE`: no config value is
+# ever on a command line. Paths reach the shell quoted: {input:q}, {output:q}, {log:q}, {params.x:q}.
+def train_config(w):
+    return avb_config.train_config(*_run(w))
+
+
+def eval_config(w):
+    return avb_config.eval_config(*_run(w))
+
+
+def convergence_config(w):
+    return avb_config.convergence_config(*_run(w))
+
+
+# The data folder is no setting of any run: config.json identifies the data by their content checksum, which the
+# jobs check. The folder reaches the jobs that read data as `--data-dir DIR`, from a param computed from `input`;
+# Snakemake does not track such params (they change with the input, which it tracks itself), so moving the data
+# (a new data_dir) reruns nothing. Without data_dir the jobs look in AVB_DATA_DIR, ../shared/data, then download.
+def data_dir_args(wildcards, input):
+    return ["--data-dir", config["data_dir"]] if config["data_dir"] else []
+
+
+def run_dir(wildcards, output):
+    """The folder of a job's first output (a param computed from `output`: untracked, as the output path is)."""
+    return os.path.dirname(output[0])
 
 
 
@@ -99,7 +130,8 @@ def toy_files(name):
 
 
 TOY_TARGETS = (
-    [f"{TOY}/summary.csv", f"{TOY}/summary.md", f"{TOY}/latent_space.png", f"{TOY}/latent_space.pdf"]
+    [f"{TOY}/summary.csv", f"{TOY}/summary.md", f"{TOY}/latent_space.png", f"{TOY}/latent_space.pdf",
+     f"{TOY}/table1.csv", f"{TOY}/table1.md", f"{TOY}/table1.tex"]
     if TOY_CFG["enabled"] else []
 )
 
@@ -113,14 +145,28 @@ wildcard_constraints:
     schools_method="|".join(["advi_meanfield", "advi_fullrank", "avb", "avb_ac"]),
 
 
+wildcard_constraints:
+    schools_job="gold|kl|report|fit_(advi_meanfield|advi_fullrank|avb|avb_ac)",
+
+
 def schools_settings(*keys):
-    """JSON of the schools keys given (sorted keys: a param that changes only when one of them does)."""
-    return json.dumps({k: SCHOOLS_CFG[k] for k in keys}, sort_keys=True)
+    """The schools keys given (a param that changes only when one of them does)."""
+    return {k: SCHOOLS_CFG[k] for k in keys}
 
 
-def schools_fit_settings(w):
-    family = "advi" if w.schools_method.startswith("advi") else "avb"
-    return schools_settings("seed", "device", "n_samples", family)
+def schools_fit_settings(method):
+    family = "advi" if method.startswith("advi") else "avb"
+    return schools_settings("seed", "device", "n_samples", "kl_every", "kl_samples", family)
+
+
+def schools_job_settings(w):
+    """What schools job `w.schools_job` reads (written to settings/<job>.json): gold: seed + gold; fit_<method>: seed,
+    device, n_samples, kl_every, kl_samples and its family's section (advi or avb); kl, report: seed + metrics."""
+    if w.schools_job == "gold":
+        return schools_settings("seed", "gold")
+    if w.schools_job in ("kl", "report"):
+        return schools_settings("seed", "metrics")
+    return schools_fit_settings(w.schools_job.removeprefix("fit_"))
 
 
 def schools_gpus(w):
@@ -129,7 +175,7 @@ def schools_gpus(w):
 
 SCHOOLS_TARGETS = (
     [f"{SCHOOLS}/summary.csv", f"{SCHOOLS}/summary.md", f"{SCHOOLS}/per_parameter.csv", f"{SCHOOLS}/mu_tau.png",
-     f"{SCHOOLS}/mu_tau.pdf"]
+     f"{SCHOOLS}/mu_tau.pdf", f"{SCHOOLS}/kl_curve.csv", f"{SCHOOLS}/kl_iterations.png", f"{SCHOOLS}/kl_iterations.pdf"]
     if SCHOOLS_CFG["enabled"] else []
 )
 
@@ -137,14 +183,19 @@ SCHOOLS_TARGETS = (
 # --- paper/: the report's inputs (its rule is in paper.smk) ---
 def paper_inputs():
     """name -> result file for `avb paper`; sections whose experiment is off are left out."""
-    files = {"table2_md": f"{OUT}/table2.md", "summary_csv": f"{OUT}/summary.csv", "summary_md": f"{OUT}/summary.md",
+    files = {"table2_md": f"{OUT}/table2.md", "claims_md": f"{OUT}/claims.md", "summary_csv": f"{OUT}/summary.csv", "summary_md": f"{OUT}/summary.md",
              "samples_png": f"{OUT}/samples_and_curves.png", "samples_pdf": f"{OUT}/samples_and_curves.pdf",
-             "per_image": run_files("eval_per_image.csv")}
+             "per_image": run_files("eval_per_image.csv"),
+             # per run (lists, in sweep order): the Figure 7 replica and the latent interpolations (rule run_figures)
+             "fig7_png": run_files("fig7.png"), "fig7_pdf": run_files("fig7.pdf"),
+             "interp_png": run_files("interpolations.png"), "interp_pdf": run_files("interpolations.pdf")}
     if config["convergence"]["enabled"]:
         files.update(convergence_png=f"{OUT}/ais_convergence.png", convergence_pdf=f"{OUT}/ais_convergence.pdf")
     if config["toy"]["enabled"]:
-        files.update(toy_md=f"{TOY}/summary.md", toy_png=f"{TOY}/latent_space.png", toy_pdf=f"{TOY}/latent_space.pdf")
+        files.update(toy_md=f"{TOY}/summary.md", toy_png=f"{TOY}/latent_space.png", toy_pdf=f"{TOY}/latent_space.pdf",
+                     toy_table1_md=f"{TOY}/table1.md")
     if config["schools"]["enabled"]:
         files.update(schools_md=f"{SCHOOLS}/summary.md", schools_png=f"{SCHOOLS}/mu_tau.png",
-                     schools_pdf=f"{SCHOOLS}/mu_tau.pdf")
+                     schools_pdf=f"{SCHOOLS}/mu_tau.pdf", schools_kl_png=f"{SCHOOLS}/kl_iterations.png",
+                     schools_kl_pdf=f"{SCHOOLS}/kl_iterations.pdf", schools_kl_csv=f"{SCHOOLS}/kl_curve.csv")
     return files

@@ -1,9 +1,30 @@
-# Evaluation: AIS log p(x) per test image and the ELBO, with the preset's eval settings as a tracked param.
-# Both outputs are written atomically at the end, so a killed job leaves nothing behind.
+# Evaluation: AIS log p(x) per test image and the ELBO. Each job reads its settings from a JSON file in the run folder,
+# written by a local rule from a tracked param holding only what the job reads: eval_config.json (the run's resolved
+# eval section; overrides applied) for `evaluate`, convergence_config.json (the AIS settings less the main
+# evaluation's own budgets n_test / ais_steps / ..., plus the `convergence` section) for `ais_convergence`. So a new
+# eval.ais_steps reruns the evaluations, not the convergence study. Outputs are written atomically at the end, so a
+# killed job leaves nothing behind.
+
+rule eval_config:
+    output:
+        f"{RUN}/eval_config.json",
+    params:
+        settings=eval_config,
+    log:
+        f"{RUN}/logs/eval_config.log",
+    localrule: True
+    threads: 1
+    resources:
+        mem_mb=500,
+        runtime=5,
+    run:
+        write_json(params.settings, output[0])
+
 
 rule evaluate:
     input:
-        f"{RUN}/model.pt",
+        model=f"{RUN}/model.pt",
+        settings=f"{RUN}/eval_config.json",
     output:
         per_image=report(
             f"{RUN}/eval_per_image.csv",
@@ -14,7 +35,8 @@ rule evaluate:
         ),
         summary=f"{RUN}/eval.json",
     params:
-        settings=lambda w: json.dumps(config["eval"], sort_keys=True),
+        data=data_dir_args,
+        resolved=lambda w, input: run_config(w),  # for the report's caption (untracked: eval_config.json is)
     log:
         f"{RUN}/logs/evaluate.log",
     benchmark:
@@ -25,22 +47,37 @@ rule evaluate:
     resources:
         mem_mb=mem_mb("evaluate"),
         runtime=runtime("evaluate"),
-        gpu=gpus("evaluate", lambda w: config["eval"]["device"]),
+        gpu=gpus("evaluate", lambda w: run_config(w)["eval"]["device"]),
     shell:
-        avb("evaluate {input} --settings '{params.settings}' --out-csv {output.per_image} "
-            "--out-json {output.summary} --threads {threads} > {log} 2>&1")
+        avb("evaluate {input.model:q} --config {input.settings:q} {params.data:q} --out-csv {output.per_image:q} "
+            "--out-json {output.summary:q} --threads {threads} > {log:q} 2>&1")
+
+
+rule convergence_config:
+    output:
+        f"{RUN}/convergence_config.json",
+    params:
+        settings=convergence_config,
+    log:
+        f"{RUN}/logs/convergence_config.log",
+    localrule: True
+    threads: 1
+    resources:
+        mem_mb=500,
+        runtime=5,
+    run:
+        write_json(params.settings, output[0])
 
 
 # AIS against the annealing budget, with the BDMC sandwich on images simulated from the model (config `convergence`).
 rule ais_convergence:
     input:
-        f"{RUN}/model.pt",
+        model=f"{RUN}/model.pt",
+        settings=f"{RUN}/convergence_config.json",
     output:
         f"{RUN}/ais_convergence.csv",
     params:
-        settings=lambda w: json.dumps(config["eval"], sort_keys=True),
-        steps=" ".join(str(s) for s in config["convergence"]["steps"]),
-        n_images=config["convergence"]["n_images"],
+        data=data_dir_args,
     log:
         f"{RUN}/logs/ais_convergence.log",
     benchmark:
@@ -51,7 +88,7 @@ rule ais_convergence:
     resources:
         mem_mb=mem_mb("evaluate"),
         runtime=runtime("evaluate"),
-        gpu=gpus("evaluate", lambda w: config["eval"]["device"]),
+        gpu=gpus("evaluate", lambda w: run_config(w)["eval"]["device"]),
     shell:
-        avb("convergence {input} --settings '{params.settings}' --steps {params.steps} "
-            "--n-images {params.n_images} --out-csv {output} --threads {threads} > {log} 2>&1")
+        avb("convergence {input.model:q} --config {input.settings:q} {params.data:q} --out-csv {output:q} "
+            "--threads {threads} > {log:q} 2>&1")

@@ -1,16 +1,34 @@
 # The eight-schools experiment (notebooks/Stan-example.ipynb): gold-standard HMC, ADVI mean-field / full-rank, AVB and
-# AVB + AC, and a report against the exact (quadrature) posterior moments. Outputs under <results>/<preset>/schools/.
+# AVB + AC, the Figure 3 replica (rule schools_kl: kNN KL to the HMC draws of snapshots taken during training) and a
+# report against the exact (quadrature) posterior moments. Outputs under <results>/<preset>/schools/.
 # Each job's settings are a tracked param holding only the config keys it depends on (HMC: seed + gold; a method:
-# seed, device, n_samples and its family's section, advi or avb; report: seed + metrics), so a changed value reruns only
-# the jobs it affects. Every output is written atomically; a killed fit resumes from its checkpoint.pt.
+# seed, device, n_samples, kl_every, kl_samples and its family's section, advi or avb; kl and report: seed + metrics),
+# written by the local rule schools_settings to settings/<job>.json, which the job reads (`--config`); so a changed
+# value reruns only the jobs it affects, and no value is ever on a command line. Every output is written atomically; a killed fit resumes from its checkpoint.pt.
 # Targets are added to `rule all` via SCHOOLS_TARGETS.
 
+rule schools_settings:
+    output:
+        f"{SCHOOLS}/settings/{{schools_job}}.json",
+    params:
+        settings=schools_job_settings,
+    log:
+        f"{SCHOOLS}/logs/settings_{{schools_job}}.log",
+    localrule: True
+    threads: 1
+    resources:
+        mem_mb=500,
+        runtime=5,
+    run:
+        write_json(params.settings, output[0])
+
+
 rule schools_gold:
+    input:
+        settings=f"{SCHOOLS}/settings/gold.json",
     output:
         npz=f"{SCHOOLS}/gold/draws.npz",
         json=f"{SCHOOLS}/gold/diagnostics.json",
-    params:
-        settings=schools_settings("seed", "gold"),
     log:
         f"{SCHOOLS}/logs/gold.log",
     benchmark:
@@ -22,18 +40,21 @@ rule schools_gold:
         mem_mb=lambda w, attempt: 2000 * attempt,
         runtime=lambda w, attempt: 60 * attempt,
     shell:
-        avb("schools gold --settings '{params.settings}' --out-npz {output.npz} --out-json {output.json} "
-        "--threads {threads} > {log} 2>&1")
+        avb("schools gold --config {input.settings:q} --out-npz {output.npz:q} --out-json {output.json:q} "
+        "--threads {threads} > {log:q} 2>&1")
 
 
 rule schools_fit:
+    input:
+        settings=f"{SCHOOLS}/settings/fit_{{schools_method}}.json",
     output:
         samples=f"{SCHOOLS}/{{schools_method}}/samples.npz",
         info=f"{SCHOOLS}/{{schools_method}}/fit.json",
         model=f"{SCHOOLS}/{{schools_method}}/model.pt",
         metrics=f"{SCHOOLS}/{{schools_method}}/train_metrics.csv",
+        snapshots=f"{SCHOOLS}/{{schools_method}}/snapshots.npz",
     params:
-        settings=schools_fit_settings,
+        out=run_dir,
     log:
         f"{SCHOOLS}/logs/fit_{{schools_method}}.log",
     benchmark:
@@ -46,14 +67,42 @@ rule schools_fit:
         runtime=lambda w, attempt: 120 * attempt,
         gpu=schools_gpus,
     shell:
-        avb("schools fit --method {wildcards.schools_method} --settings '{params.settings}' "
-        "--out $(dirname {output.samples}) --threads {threads} > {log} 2>&1")
+        avb("schools fit --method {wildcards.schools_method:q} --config {input.settings:q} --out {params.out:q} "
+        "--threads {threads} > {log:q} 2>&1")
+
+
+rule schools_kl:
+    input:
+        settings=f"{SCHOOLS}/settings/kl.json",
+        npz=rules.schools_gold.output.npz,
+        snapshots=expand(f"{SCHOOLS}/{{schools_method}}/snapshots.npz", schools_method=SCHOOLS_METHODS),
+    output:
+        csv=f"{SCHOOLS}/kl_curve.csv",
+        png=report(f"{SCHOOLS}/kl_iterations.png", caption="../report/schools_kl.rst",
+                   category="6. Eight schools (Figure 3)",
+                   labels={"file": "kl_iterations.png", "content": "Figure 3 replica"}),
+        pdf=f"{SCHOOLS}/kl_iterations.pdf",
+    log:
+        f"{SCHOOLS}/logs/kl.log",
+    benchmark:
+        f"{SCHOOLS}/benchmarks/kl.tsv"
+    conda:
+        ENV
+    threads: 1
+    resources:
+        mem_mb=lambda w, attempt: 2000 * attempt,
+        runtime=lambda w, attempt: 30 * attempt,
+    shell:
+        avb("schools kl --gold-npz {input.npz:q} --snapshots {input.snapshots:q} --config {input.settings:q} "
+        "--out-csv {output.csv:q} --out-png {output.png:q} --out-pdf {output.pdf:q} --threads {threads} > {log:q} 2>&1")
 
 
 rule schools_report:
     input:
+        settings=f"{SCHOOLS}/settings/report.json",
         npz=rules.schools_gold.output.npz,
         json=rules.schools_gold.output.json,
+        kl=rules.schools_kl.output.csv,
         fits=expand(f"{SCHOOLS}/{{schools_method}}/fit.json", schools_method=SCHOOLS_METHODS),
         samples=expand(f"{SCHOOLS}/{{schools_method}}/samples.npz", schools_method=SCHOOLS_METHODS),
     output:
@@ -63,8 +112,7 @@ rule schools_report:
         png=f"{SCHOOLS}/mu_tau.png",
         pdf=f"{SCHOOLS}/mu_tau.pdf",
     params:
-        settings=schools_settings("seed", "metrics"),
-        fits=lambda w, input: " ".join(os.path.dirname(f) for f in input.fits),
+        fits=lambda w, input: [os.path.dirname(f) for f in input.fits],
     log:
         f"{SCHOOLS}/logs/report.log",
     conda:
@@ -74,6 +122,6 @@ rule schools_report:
         mem_mb=lambda w, attempt: 2000 * attempt,
         runtime=lambda w, attempt: 30 * attempt,
     shell:
-        avb("schools report --gold-npz {input.npz} --gold-json {input.json} --fits {params.fits} "
-        "--settings '{params.settings}' --out-csv {output.csv} --out-md {output.md} --out-params {output.params} "
-        "--out-fig {output.png} --threads {threads} > {log} 2>&1")
+        avb("schools report --gold-npz {input.npz:q} --gold-json {input.json:q} --fits {params.fits:q} "
+        "--config {input.settings:q} --out-csv {output.csv:q} --out-md {output.md:q} --out-params {output.params:q} "
+        "--out-fig {output.png:q} --kl-curve {input.kl:q} --threads {threads} > {log:q} 2>&1")

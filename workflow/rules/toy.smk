@@ -2,8 +2,9 @@
 # training run per method through the shared loop (avb.train.fit), an exact evaluation per run (log p(x) and p(z|x) by
 # quadrature on a grid, KL estimates from encoder samples), and a report (summary table and latent-space figure).
 # Outputs under <results>/<preset>/toy/. Each job's settings are tracked params holding only what it depends on (a
-# run: seed + toy.model + toy.train, written to config.json; an evaluation: toy.eval), so a changed value reruns only
-# the affected jobs. Every output is written atomically; a killed training job resumes from its checkpoint.pt.
+# run: seed + toy.model + toy.train, written to config.json; an evaluation: toy.eval, written to eval_config.json), so
+# a changed value reruns only the affected jobs; jobs read them from those files (`--config`), never from their
+# command line. Every output is written atomically; a killed training job resumes from its checkpoint.pt.
 # Targets are added to `rule all` via TOY_TARGETS.
 
 rule toy_run_config:
@@ -39,18 +40,35 @@ rule toy_train:
         mem_mb=lambda w, attempt: 2000 * attempt,
         runtime=runtime("train"),
         gpu=gpus("train", lambda w: TOY_CFG["train"]["device"]),
+    params:
+        out=run_dir,
     shell:
-        avb("toy train {input} --out $(dirname {output.model}) --threads {threads} > {log} 2>&1")
+        avb("toy train {input:q} --out {params.out:q} --threads {threads} > {log:q} 2>&1")
+
+
+rule toy_eval_config:
+    output:
+        f"{TOY_RUN}/eval_config.json",
+    params:
+        settings=TOY_CFG["eval"],
+    log:
+        f"{TOY_RUN}/logs/eval_config.log",
+    localrule: True
+    threads: 1
+    resources:
+        mem_mb=500,
+        runtime=5,
+    run:
+        write_json(params.settings, output[0])
 
 
 rule toy_evaluate:
     input:
-        f"{TOY_RUN}/model.pt",
+        model=f"{TOY_RUN}/model.pt",
+        settings=f"{TOY_RUN}/eval_config.json",
     output:
         summary=f"{TOY_RUN}/eval.json",
         arrays=f"{TOY_RUN}/eval.npz",
-    params:
-        settings=lambda w: json.dumps(TOY_CFG["eval"], sort_keys=True),
     log:
         f"{TOY_RUN}/logs/evaluate.log",
     benchmark:
@@ -63,8 +81,8 @@ rule toy_evaluate:
         runtime=lambda w, attempt: 30 * attempt,
         gpu=gpus("evaluate", lambda w: TOY_CFG["eval"]["device"]),
     shell:
-        avb("toy evaluate {input} --settings '{params.settings}' --out-json {output.summary} "
-        "--out-npz {output.arrays} --threads {threads} > {log} 2>&1")
+        avb("toy evaluate {input.model:q} --config {input.settings:q} --out-json {output.summary:q} "
+        "--out-npz {output.arrays:q} --threads {threads} > {log:q} 2>&1")
 
 
 rule toy_report:
@@ -76,6 +94,10 @@ rule toy_report:
         md=f"{TOY}/summary.md",
         png=f"{TOY}/latent_space.png",
         pdf=f"{TOY}/latent_space.pdf",
+        table1_csv=f"{TOY}/table1.csv",
+        table1_md=report(f"{TOY}/table1.md", caption="../report/toy_table1.rst", category="5. Toy (Table 1)",
+                         labels={"file": "table1.md", "content": "Table 1 replica"}),
+        table1_tex=f"{TOY}/table1.tex",
     log:
         f"{TOY}/logs/report.log",
     benchmark:
@@ -87,5 +109,6 @@ rule toy_report:
         mem_mb=lambda w, attempt: 2000 * attempt,
         runtime=lambda w, attempt: 15 * attempt,
     shell:
-        avb("toy report --evals {input.evals} --npz {input.arrays} --out-csv {output.csv} --out-md {output.md} "
-        "--out-png {output.png} --out-pdf {output.pdf} > {log} 2>&1")
+        avb("toy report --evals {input.evals:q} --npz {input.arrays:q} --out-csv {output.csv:q} --out-md {output.md:q} "
+        "--out-png {output.png:q} --out-pdf {output.pdf:q} "
+        "--out-table1 {output.table1_csv:q} {output.table1_md:q} {output.table1_tex:q} > {log:q} 2>&1")

@@ -1,14 +1,15 @@
-# Training: one job per run. The run's full config is a tracked param, written to config.json, so changing a value
-# (method_overrides included) reruns exactly the runs it affects. train_metrics.csv and checkpoint.pt are rewritten
-# atomically at every checkpoint; a killed job leaves model.pt missing and the job marked incomplete, so no rerun
-# trusts its outputs, and the rerun (--rerun-incomplete, in both profiles) resumes from checkpoint.pt (not an
-# output: Snakemake never deletes it).
+# Training: one job per run. What the run's training reads (avb.config.train_config: the model / train keys its
+# method uses, the dataset and its content checksum; overrides applied) is a tracked param, written to config.json,
+# so changing a value reruns exactly the runs that read it: an adversary setting never retrains the VAE, moving the
+# data retrains nothing. train_metrics.csv and checkpoint.pt are rewritten atomically at every checkpoint; a killed
+# job leaves model.pt missing and the job marked incomplete, so no rerun trusts its outputs, and the rerun
+# (--rerun-incomplete, in both profiles) resumes from checkpoint.pt (not an output: Snakemake never deletes it).
 
 rule run_config:
     output:
         f"{RUN}/config.json",
     params:
-        run=run_config,
+        run=train_config,
     log:
         f"{RUN}/logs/run_config.log",
     localrule: True
@@ -43,5 +44,9 @@ rule train:
         mem_mb=mem_mb("train"),
         runtime=runtime("train"),
         gpu=gpus("train", lambda w: run_config(w)["train"]["device"]),
+    params:
+        data=data_dir_args,
+        out=run_dir,
+        resolved=lambda w, input: run_config(w),  # for the report's caption (untracked: config.json is)
     shell:
-        avb("train {input} --out $(dirname {output.model}) --threads {threads} > {log} 2>&1")
+        avb("train {input:q} --out {params.out:q} {params.data:q} --threads {threads} > {log:q} 2>&1")

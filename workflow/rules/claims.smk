@@ -1,0 +1,29 @@
+# The paper's claims, checked: one row per claim (Table 2, Table 1, Figure 3) with the paper's numbers, ours and a
+# verdict (replicated / not replicated / inconclusive), computed by avb/claims.py from the results below. Experiments
+# that are off leave their claims out.
+
+rule claims:
+    input:
+        per_image=run_files("eval_per_image.csv"),
+        summary=f"{OUT}/summary.csv",
+        toy=f"{TOY}/summary.csv" if TOY_CFG["enabled"] else [],
+        schools=f"{SCHOOLS}/summary.csv" if SCHOOLS_CFG["enabled"] else [],
+    output:
+        csv=f"{OUT}/claims.csv",
+        md=report(f"{OUT}/claims.md", caption="../report/claims.rst", category="3. Summary",
+                  labels={"file": "claims.md", "content": "the paper's claims, checked"}),
+    params:
+        toy=lambda w, input: ["--toy", input.toy] if input.toy else [],
+        schools=lambda w, input: ["--schools", input.schools] if input.schools else [],
+    log:
+        f"{OUT}/logs/claims.log",
+    conda:
+        ENV
+    localrule: True
+    threads: 1
+    resources:
+        mem_mb=1000,
+        runtime=5,
+    shell:
+        avb("claims --per-image {input.per_image:q} --summary {input.summary:q} {params.toy:q} {params.schools:q} "
+            "--out-csv {output.csv:q} --out-md {output.md:q} > {log:q} 2>&1")
