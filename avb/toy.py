@@ -256,18 +256,10 @@ def train(run: dict[str, Any], out_dir: str | os.PathLike, progress: bool = True
 def load_model(path: str | os.PathLike, device: str | torch.device = "cpu") -> tuple[Method, dict[str, Any]]:
     """A trained toy model (eval mode) and its run config with ``steps_done``, read with ``weights_only=True``
     (``io.load_torch``); a file that is not a toy model of this package is an error naming it."""
-    from .train import nonfinite_parameters
-    ck = io.load_torch(path, "cpu", ("run", "model", "step"))
-    try:
-        model = build(ck["run"]["method"], ck["run"]["model"]).to(device)
-        model.load_state_dict(ck["model"])
-    except (RuntimeError, KeyError, TypeError, ValueError) as err:
-        raise io.CorruptFile(f"{path}: its weights do not fit the toy model its run config describes "
-                             f"({type(err).__name__}: {str(err).splitlines()[0][:200]})") from None
-    bad = nonfinite_parameters(model)
-    if bad:
-        raise io.NonFiniteResult(f"{path}: parameters not finite ({', '.join(bad[:3])}); refusing to use the model")
-    return model.eval(), {**ck["run"], "steps_done": ck["step"]}
+    from .train import load_weights
+    model, ck = load_weights(path, lambda run: build(run["method"], run["model"]), device, ("run", "model", "step"),
+                             what="toy model")
+    return model, {**ck["run"], "steps_done": ck["step"]}
 
 
 # ----------------------------------------------------------------------------------------------- quadrature

@@ -370,17 +370,24 @@ def load_model(path: str | os.PathLike, device: str | torch.device = "cpu") -> t
     Read with ``weights_only=True`` (``io.load_torch``); a file that does not describe a model of this package, or
     whose parameters are not all finite, is an error naming it.
     """
-    ck = io.load_torch(path, "cpu", ("run", "model"))
+    model, ck = load_weights(path, build_model, device)
+    return model, ck["run"]
+
+
+def load_weights(path, build, device, keys: tuple[str, ...] = ("run", "model"), what: str = "model"):
+    """The model ``build(run)`` with the weights of ``path`` (``weights_only=True``, on ``device``, eval mode) and the
+    whole checkpoint dict; weights that do not fit, or that are not finite, are an error naming the file."""
+    ck = io.load_torch(path, "cpu", keys)
     try:
-        model = build_model(ck["run"]).to(device)
+        model = build(ck["run"]).to(device)
         model.load_state_dict(ck["model"])
     except (RuntimeError, KeyError, TypeError, ValueError) as err:
-        raise io.CorruptFile(f"{path}: its weights do not fit the model its run config describes "
+        raise io.CorruptFile(f"{path}: its weights do not fit the {what} its run config describes "
                              f"({type(err).__name__}: {str(err).splitlines()[0][:200]})") from None
     bad = nonfinite_parameters(model)
     if bad:
         raise io.NonFiniteResult(f"{path}: parameters not finite ({', '.join(bad[:3])}); refusing to use the model")
-    return model.eval(), ck["run"]
+    return model.eval(), ck
 
 
 def read_run_config(path: str | os.PathLike) -> dict[str, Any]:

@@ -28,6 +28,7 @@ import yaml
 
 from avb import data, io, tables, toy
 from avb import train as tr
+from test_train import run_config as _tiny_run
 
 ROOT = Path(__file__).resolve().parent.parent
 SHARED = next((p.resolve() for p in data._repo_shared() if p.is_dir()), ROOT.parent / "shared" / "data")
@@ -71,13 +72,8 @@ def ledger(request):
 
 # ------------------------------------------------------------------------------------------------------ helpers
 def run_config(method="avb_ac", steps=40, **train):
-    return {
-        "method": method, "dataset": "mnist", "z_dim": 3, "seed": 7, "data_dir": None,
-        "model": {"arch": "mlp", "hidden": 32, "eps_dim": 4, "eps_nbasis": 2, "adv_hidden": 16, "adv_embed": 16,
-                  "adv_layers": 1},
-        "train": {"steps": steps, "batch_size": 16, "lr": 1e-3, "lr_adversary": 1e-3, "adam_beta1": 0.5,
-                  "adversary_steps": 1, "checkpoint_every": 7, "log_every": 3, "device": "cpu", **train},
-    }
+    """test_train's tiny run, checkpointing every 7 steps and logging every 3 (steps that do not divide evenly)."""
+    return _tiny_run(method, steps, **{"checkpoint_every": 7, "log_every": 3, **train})
 
 
 @pytest.fixture
