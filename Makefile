@@ -1,12 +1,17 @@
 # Two entry points, both idempotent: the virtual environment is built once and rebuilt only when pyproject.toml
 # changes.   make quick  -> set up, then run the quick replication end to end
 #            make test   -> set up, then run the test suite
-PYTHON ?= python3
-VENV   ?= .venv
-CORES  ?= 2
-PRESET ?= quick
-BIN    := $(VENV)/bin
-STAMP  := $(VENV)/.avb-installed
+# Snakemake runs with the workflow profile profiles/$(PROFILE) (default: profiles/default, local; PROFILE=slurm for
+# a SLURM cluster); ARGS are passed on to it, e.g. make quick ARGS="--dry-run", make replicate PRESET=cpu ARGS=-n.
+PYTHON  ?= python3
+VENV    ?= .venv
+PRESET  ?= quick
+PROFILE ?= default
+CORES   ?=
+ARGS    ?=
+BIN     := $(VENV)/bin
+STAMP   := $(VENV)/.avb-installed
+SNAKEMAKE = $(BIN)/snakemake --workflow-profile profiles/$(PROFILE) $(if $(CORES),--cores $(CORES))
 
 .PHONY: setup quick replicate test dry-run clean-results
 setup: $(STAMP)
@@ -21,10 +26,10 @@ quick: PRESET = quick
 quick: replicate
 
 replicate: $(STAMP)
-	$(BIN)/snakemake --cores $(CORES) --configfile config/$(PRESET).yaml
+	$(SNAKEMAKE) --configfile config/$(PRESET).yaml $(ARGS)
 
 dry-run: $(STAMP)
-	$(BIN)/snakemake -n --configfile config/$(PRESET).yaml
+	$(SNAKEMAKE) -n --configfile config/$(PRESET).yaml $(ARGS)
 
 test: $(STAMP)
 	$(BIN)/python -m pytest $(PYTEST_ARGS)

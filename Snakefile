@@ -1,13 +1,16 @@
 # avb-replication pipeline: train -> evaluate (AIS) -> report.  Default preset: config/quick.yaml
-# Other presets:  snakemake --cores N --configfile config/<preset>.yaml
-# Profiles:       --profile workflow/profiles/default (local) or workflow/profiles/slurm (SLURM cluster)
+# Other presets:  snakemake --configfile config/<preset>.yaml
+# Profiles:       profiles/default (local; Snakemake loads it by itself, as the workflow profile beside this file)
+#                 or --workflow-profile profiles/slurm (SLURM cluster; it replaces the default one)
 # Report:         snakemake --report results/<preset>/report.html [--configfile config/<preset>.yaml]
+# Rules:          workflow/rules/<experiment>.smk (mnist, toy, schools; then claims and paper over all of them)
 import sys
 
 from snakemake.exceptions import WorkflowError
 
 from avb import config as avb_config
-from avb import provenance as avb_provenance
+from avb import jobs as avb_jobs
+from avb.report import provenance as avb_provenance
 
 # quick.yaml is the default only: a preset given with --configfile is used alone (plus schema defaults), never merged
 # over quick.yaml, so a preset cannot silently inherit quick's small networks for a key it leaves out.
@@ -15,7 +18,8 @@ if not workflow.overwrite_configfiles:
     configfile: "config/quick.yaml"
 report: "workflow/report/workflow.rst"
 
-# Snakemake's YAML loader keeps the last of a key written twice; re-read each preset file with one that refuses it.
+# Validated once, here, against workflow/schemas/config.schema.yaml (defaults filled in). Snakemake's YAML loader
+# keeps the last of a key written twice; re-read each preset file with one that refuses it.
 try:
     for _configfile in workflow.configfiles:  # the --configfile files, else config/quick.yaml
         avb_config.read_yaml(_configfile)
@@ -24,15 +28,13 @@ except avb_config.ConfigError as err:
     raise WorkflowError(str(err))
 
 include: "workflow/rules/common.smk"
-include: "workflow/rules/train.smk"
-include: "workflow/rules/evaluate.smk"
-include: "workflow/rules/report.smk"
+include: "workflow/rules/mnist.smk"
 include: "workflow/rules/toy.smk"
 include: "workflow/rules/schools.smk"
 include: "workflow/rules/claims.smk"
 include: "workflow/rules/paper.smk"
 
-# Provenance: each invocation that runs jobs appends its commit, machine, command and wall time (avb/provenance.py).
+# Provenance: each invocation that runs jobs appends its commit, machine, command and wall time (avb/report/provenance.py).
 # Jobs submitted to a cluster run with --no-hooks, so only the main invocation writes the record.
 PROVENANCE = f"{OUT}/provenance.json"
 _invocation = {}
@@ -53,16 +55,9 @@ onerror:
 
 rule all:
     input:
-        f"{OUT}/summary.csv",
-        f"{OUT}/summary.md",
-        f"{OUT}/samples_and_curves.png",
-        f"{OUT}/samples_and_curves.pdf",
-        f"{OUT}/table2.md",
-        f"{OUT}/table2.tex",
+        MNIST_TARGETS,
         f"{OUT}/claims.csv",
         f"{OUT}/claims.md",
-        [f"{OUT}/ais_convergence.png", f"{OUT}/ais_convergence.pdf"] if config["convergence"]["enabled"] else [],
-        [path for name in RUN_FIGURES for path in run_files(name)],
         TOY_TARGETS,
         SCHOOLS_TARGETS,
     default_target: True

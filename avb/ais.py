@@ -14,8 +14,8 @@ image) and the unnormalised posterior p(x|z) p(z), so log Z0 = 0. As in the offi
   code, which runs chain k as one sequential pass over the batch of images; ``wu``: per-row eps, x1.02 / x0.98
   towards an acceptance EMA (0.9) target of 0.65, clipped to [1e-4, 0.5]; ``none``: fixed eps.
 
-The HMC kernel (``leapfrog_trajectory``, ``metropolis_accept``; ``hmc_step`` for a plain target) is shared with
-the eight-schools gold standard (``avb.schools``).
+Each transition is ``avb.hmc.transition``, the HMC kernel shared with the eight-schools gold standard (``avb.hmc``
+``hmc_step`` / ``sample_hmc``), with the annealed potential U_beta = -log f_beta.
 
 Chunking. Only the gradient evaluations are chunked: ``max_rows`` (or its older name ``chunk_size``, or a
 ``memory_mb`` budget converted to rows, see ``rows_for_memory``) caps the rows of image x chain pairs that go
@@ -36,6 +36,8 @@ from typing import Callable
 import numpy as np
 import torch
 from tqdm.auto import tqdm
+
+from .hmc import leapfrog_positions, transition, value_and_grad
 
 LOG_2PI = math.log(2 * math.pi)
 LogLik = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
@@ -77,7 +79,6 @@ class _Target:
         self.rows = x.shape[0] * k
         self.max_rows = self.rows if max_rows is None else max(1, min(self.rows, int(max_rows)))
         self.x_full = x.repeat_interleave(k, dim=0) if self.max_rows == self.rows else None
-        self._ones: dict[int, torch.Tensor] = {}
 
     def x_rows(self, start: int, stop: int) -> torch.Tensor:
         if self.x_full is not None:
@@ -88,14 +89,7 @@ class _Target:
 
     def _eval(self, x: torch.Tensor, z: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """log p(x|z) and its z-gradient (the prior is added analytically by the caller)."""
-        with torch.enable_grad():
-            zg = z.detach().requires_grad_(True)
-            ll = self.f(x, zg)
-            ones = self._ones.get(ll.shape[0])  # d(sum ll)/dz without a sum node; cached per chunk size
-            if ones is None or ones.dtype != ll.dtype:
-                ones = self._ones[ll.shape[0]] = torch.ones_like(ll)
-            (grad,) = torch.autograd.grad(ll, zg, grad_outputs=ones)
-        return ll.detach(), grad
+        return value_and_grad(lambda zg: self.f(x, zg), z)
 
     def __call__(self, z: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         if self.x_full is not None:
@@ -143,76 +137,6 @@ def rows_for_memory(log_likelihood: LogLik, x: torch.Tensor, z_dim: int, memory_
     return max(1, int(memory_mb * 2 ** 20 // per_row))
 
 
-def leapfrog_trajectory(z: torch.Tensor, p0: torch.Tensor, step: torch.Tensor | float, n_pos: int,
-                        force: Callable, evaluate: Callable, state):
-    """The leapfrog integrator (unit mass) of the HMC kernel shared by AIS and the eight-schools gold standard.
-
-    Half momentum step, ``n_pos`` position updates with ``n_pos - 1`` full momentum steps between them, final half
-    step. ``evaluate(z)`` returns the state at z that ``force(z, state)`` needs (e.g. log density and gradient);
-    ``force(z, state)`` is ``step * grad U(z)`` for the potential U = -log density; ``state`` is the one at the start.
-    ``n_pos = L + 1`` is the official AIS leapfrog, ``n_pos = L`` the textbook one. Returns the end point, its state
-    and the final momentum.
-    """
-    p = torch.add(p0, force(z, state), alpha=-0.5)
-    zn, state_n = z, state
-    for i in range(n_pos):
-        zn = torch.addcmul(zn, step, p)
-        state_n = evaluate(zn)
-        if i < n_pos - 1:
-            p = p - force(zn, state_n)
-    p = torch.add(p, force(zn, state_n), alpha=-0.5)
-    return zn, state_n, p
-
-
-def metropolis_accept(u_old: torch.Tensor, u_new: torch.Tensor, p0: torch.Tensor, p: torch.Tensor,
-                      uniform: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """Metropolis test of an HMC proposal per row: (accept mask, log acceptance ratio); a non-finite ratio rejects."""
-    log_accept = (u_old - u_new) + 0.5 * (p0 * p0 - p * p).sum(-1)
-    accept = uniform < torch.exp(log_accept)
-    accept &= torch.isfinite(log_accept)
-    return accept, log_accept
-
-
-@dataclass
-class HMCState:
-    z: torch.Tensor       # [n, d] one row per chain
-    log_p: torch.Tensor   # [n] log density at z
-    grad: torch.Tensor    # [n, d] its gradient
-
-
-def log_density_and_grad(log_density: Callable[[torch.Tensor], torch.Tensor]):
-    """Wrap a batched log density z [n, d] -> [n] into z -> (log density, gradient) by autograd."""
-    def evaluate(z: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        with torch.enable_grad():
-            zg = z.detach().requires_grad_(True)
-            lp = log_density(zg)
-            (g,) = torch.autograd.grad(lp.sum(), zg)
-        return lp.detach(), g
-    return evaluate
-
-
-def hmc_step(state: HMCState, evaluate: Callable, step: torch.Tensor | float, leapfrog_steps: int,
-             generator: torch.Generator | None = None,
-             leapfrog: str = "standard") -> tuple[HMCState, torch.Tensor, torch.Tensor]:
-    """One HMC transition (unit mass, fresh momentum) for every row of ``state``, with the AIS kernel's leapfrog and
-    Metropolis test. ``evaluate(z)`` returns (log density [n], gradient [n, d]) (see ``log_density_and_grad``);
-    ``step`` is a scalar or a per-row [n, 1] tensor. Random numbers come from ``generator`` on the CPU in the
-    state's dtype. Returns the new state, the accept mask and the acceptance probability min(1, ratio) per row.
-    """
-    z = state.z
-    n, d = z.shape
-    p0 = torch.randn(n, d, generator=generator, dtype=z.dtype).to(z.device)
-    n_pos = leapfrog_steps + 1 if leapfrog == "official" else leapfrog_steps
-    zn, (lp_n, g_n), p = leapfrog_trajectory(z, p0, step, n_pos, lambda z_, s: -step * s[1], evaluate,
-                                             (state.log_p, state.grad))
-    uniform = torch.rand(n, generator=generator, dtype=z.dtype).to(z.device)
-    accept, log_accept = metropolis_accept(-state.log_p, -lp_n, p0, p, uniform)
-    prob = torch.where(torch.isfinite(log_accept), log_accept.clamp(max=0.0).exp(), torch.zeros_like(log_accept))
-    a = accept.unsqueeze(-1)
-    new = HMCState(torch.where(a, zn, z), torch.where(accept, lp_n, state.log_p), torch.where(a, g_n, state.grad))
-    return new, accept, prob
-
-
 def _anneal(target: _Target, mean, std, betas, z, *, k, leapfrog_steps, leapfrog, eps0, adapt, generator,
             progress):
     """Run AIS over ``betas`` (increasing: forward, decreasing: reverse) from the start state ``z`` (None: a draw
@@ -221,15 +145,13 @@ def _anneal(target: _Target, mean, std, betas, z, *, k, leapfrog_steps, leapfrog
     With ll = log p(x|z), lp = log N(z; 0, I) and lq = log q0(z): log f_beta = (1 - beta) lq + beta (ll + lp), and
     the HMC force grad U_beta(z) = A z - C - B grad ll with A = (1 - beta) / std^2 + beta, C = (1 - beta) mean / std^2,
     B = beta; the leapfrog uses these per-transition coefficients premultiplied by the step (fewer ops per step).
+    The HMC state is (ll, grad ll, lq, lp); lq and lp are computed at the end point only (``complete``).
     """
     n, d = mean.shape
     dev = mean.device
 
-    def randn(*shape):
-        return torch.randn(*shape, generator=generator, device="cpu").to(dev)
-
     if z is None:
-        z = mean + std * randn(n, d)
+        z = mean + std * torch.randn(n, d, generator=generator, device="cpu").to(dev)
     inv_var = std.pow(-2)
     m_iv = mean * inv_var
     cq = -torch.log(std).sum(-1) - 0.5 * d * LOG_2PI
@@ -253,7 +175,7 @@ def _anneal(target: _Target, mean, std, betas, z, *, k, leapfrog_steps, leapfrog
         eps = eps_chain.repeat(n // k).unsqueeze(-1)
     else:
         eps = torch.tensor(float(eps0), device=dev)
-    n_pos = leapfrog_steps + 1 if leapfrog == "official" else leapfrog_steps
+    n_pos = leapfrog_positions(leapfrog_steps, leapfrog)
     acc_trace, eps_trace = [], []
 
     for t in tqdm(range(len(betas) - 1), desc="AIS", disable=not progress, leave=False):
@@ -266,19 +188,15 @@ def _anneal(target: _Target, mean, std, betas, z, *, k, leapfrog_steps, leapfrog
         neg_sc = step * (-(1 - b1) * m_iv)
         sb = step * b1
 
-        def force(z, g):  # step * grad U_b1(z)
-            return torch.addcmul(torch.addcmul(neg_sc, sa, z), sb, g, value=-1.0)
+        def force(z, s):  # step * grad U_b1(z); s = (ll, grad, ...)
+            return torch.addcmul(torch.addcmul(neg_sc, sa, z), sb, s[1], value=-1.0)
 
-        p0 = randn(n, d)
-        u_old = -(1 - b1) * lq - b1 * (ll + lp)
-        zn, (ll_n, grad_n), p = leapfrog_trajectory(z, p0, step, n_pos, lambda z_, s: force(z_, s[1]), target,
-                                                    (ll, grad))
-        lq_n, lp_n = log_q0(zn), log_prior(zn)
-        u_new = -(1 - b1) * lq_n - b1 * (ll_n + lp_n)
-        accept, _ = metropolis_accept(u_old, u_new, p0, p, torch.rand(n, generator=generator).to(dev))
-        a = accept.unsqueeze(-1)
-        z, grad = torch.where(a, zn, z), torch.where(a, grad_n, grad)
-        ll, lq, lp = torch.where(accept, ll_n, ll), torch.where(accept, lq_n, lq), torch.where(accept, lp_n, lp)
+        def potential(s):  # U_b1 from s = (ll, grad, lq, lp)
+            return -(1 - b1) * s[2] - b1 * (s[0] + s[3])
+
+        z, (ll, grad, lq, lp), accept, _ = transition(
+            z, (ll, grad, lq, lp), step=step, n_pos=n_pos, force=force, evaluate=target, potential=potential,
+            generator=generator, complete=lambda zn, s: (*s, log_q0(zn), log_prior(zn)))
         acc = accept.float()
         acc_trace.append(acc.mean())  # tensors: no device sync inside the loop
         if adapt == "official":

@@ -1,7 +1,8 @@
-"""Command line: ``avb train``, ``avb evaluate``, ``avb figures``, ``avb report``, ``avb check-config``, ...
+"""Command line: ``avb <command>``; ``avb --help`` lists the commands, ``avb <command> --help`` their options.
 
 Settings come from JSON files (``--config FILE``, as the pipeline's local rules write them from tracked params),
-never from a JSON string on the command line.
+never from the command line; a file is checked against the schema's definition of its section
+(``avb.config.section``), whose defaults fill the keys it leaves out.
 """
 from __future__ import annotations
 
@@ -13,8 +14,8 @@ import sys
 import torch
 
 
-DATA_DIR_HELP = ("folder holding the datasets (the config's data_dir); unset: AVB_DATA_DIR, ../shared/data, then a "
-                 "download")
+DATA_DIR_HELP = ("folder holding the datasets (the config's data_dir); unset or '': AVB_DATA_DIR, ../shared/data, "
+                 "then a download")
 SCHOOLS_CONFIG_HELP = "JSON file of (part of) the config's schools section; unset keys take the schema defaults"
 
 
@@ -31,37 +32,82 @@ def _settings(path: str | None) -> dict:
     return read_settings(path)
 
 
-def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(prog="avb", description=__doc__)
-    sub = p.add_subparsers(dest="cmd", required=True)
+def _data_dir(value: str) -> str | None:
+    """``--data-dir``: '' (the pipeline's form of an unset data_dir) is unset."""
+    return value or None
 
-    t = sub.add_parser("train", help="train one run from its resolved run config (JSON)")
+
+def _job(sub, name: str, help: str, *, model: bool = False, config: str | None = None,
+         data_dir: bool = False) -> argparse.ArgumentParser:
+    """A job's subcommand with the options jobs share: the model.pt it reads (``model``), its JSON settings file
+    (``config``: the help text), ``--data-dir`` and ``--threads``."""
+    job = sub.add_parser(name, help=help)
+    if model:
+        job.add_argument("model")
+    if config:
+        job.add_argument("--config", help=config)
+    if data_dir:
+        job.add_argument("--data-dir", type=_data_dir, help=DATA_DIR_HELP)
+    job.add_argument("--threads", type=int)
+    return job
+
+
+class _CommandsFormatter(argparse.HelpFormatter):
+    """``avb --help``: one line per command (the descriptions start after the longest command name)."""
+
+    def __init__(self, prog: str) -> None:
+        super().__init__(prog, max_help_position=24, width=120)
+        self._action_max_length = 18  # "    check-config" + 2: argparse does not count the commands' own names
+
+
+def _version() -> str:
+    from importlib.metadata import PackageNotFoundError, version
+    try:
+        return version("avb-replication")
+    except PackageNotFoundError:  # a checkout on PYTHONPATH, not installed
+        return "unknown (not installed)"
+
+
+def _toy(a: argparse.Namespace) -> str:
+    """``avb toy train | evaluate | report``."""
+    if a.toy_cmd == "train":
+        from .train import train
+        return str(train(_settings(a.run_config), a.out))
+    if a.toy_cmd == "evaluate":
+        from .config import section
+        from .toy import evaluate, write_eval
+        summary, arrays = evaluate(a.model, section("toy.eval", _settings(a.config), f"toy eval settings {a.config or ''}"))
+        write_eval(summary, arrays, a.out_json, a.out_npz)
+        return json.dumps(summary, indent=2)
+    if len(a.evals) != len(a.npz):
+        raise ValueError("--evals and --npz need one file per method each")
+    from .report.toy import report
+    return report(a.evals, a.npz, a.out_csv, a.out_md, a.out_png, a.out_pdf, a.out_table1)
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(
+        prog="avb", description="Adversarial Variational Bayes, replicated: the jobs of the Snakemake pipeline "
+                                "(each reads its settings from a JSON file: --config).",
+        epilog="`avb <command> --help` lists a command's options.",
+        formatter_class=_CommandsFormatter)
+    p.add_argument("--version", action="version", version=f"avb-replication {_version()}")
+    sub = p.add_subparsers(dest="cmd", required=True, metavar="<command>", title="commands")
+
+    t = _job(sub, "train", "train one run from its resolved run config (JSON)", data_dir=True)
     t.add_argument("run_config")
     t.add_argument("--out", required=True, help="run folder: model.pt, checkpoint.pt, train_metrics.csv")
-    t.add_argument("--data-dir", help=DATA_DIR_HELP)
-    t.add_argument("--threads", type=int)
 
-    e = sub.add_parser("evaluate", help="AIS log-likelihood and ELBO of a trained model on test images")
-    e.add_argument("model")
-    e.add_argument("--config", help="JSON file of eval settings (a run's eval section, as eval_config.json); unset "
-                                    "keys take the schema defaults, i.e. 1000 AIS steps x 5 chains on 2048 test images")
-    e.add_argument("--n-test", type=int, help="overrides the file's n_test")
-    e.add_argument("--ais-steps", type=int, help="overrides the file's ais_steps")
-    e.add_argument("--ais-chains", type=int, help="overrides the file's ais_chains")
-    e.add_argument("--data-dir", help=DATA_DIR_HELP)
+    e = _job(sub, "evaluate", "AIS log-likelihood and ELBO of a trained model on test images", model=True,
+             config="JSON file of eval settings (a run's eval section, as eval_config.json); unset keys take the "
+                    "schema's defaults", data_dir=True)
     e.add_argument("--out-csv", required=True, help="per-image CSV (written atomically)")
     e.add_argument("--out-json", required=True, help="summary JSON (written atomically)")
-    e.add_argument("--threads", type=int)
 
-    v = sub.add_parser("convergence", help="AIS log p(x) against the number of annealing steps, with BDMC bounds")
-    v.add_argument("model")
-    v.add_argument("--config", help="JSON file {eval: AIS settings, steps: budgets, n_images: N} (as "
-                                    "convergence_config.json); unset keys take the schema defaults")
-    v.add_argument("--steps", type=int, nargs="+", help="annealing budgets (overrides the file's)")
-    v.add_argument("--n-images", type=int, help="test (and simulated) images (overrides the file's)")
-    v.add_argument("--data-dir", help=DATA_DIR_HELP)
+    v = _job(sub, "convergence", "AIS log p(x) against the annealing budget, with the BDMC sandwich", model=True,
+             config="JSON file {eval: AIS settings, steps: budgets, n_images: N} (as convergence_config.json); "
+                    "unset keys take the schema defaults", data_dir=True)
     v.add_argument("--out-csv", required=True)
-    v.add_argument("--threads", type=int)
 
     r = sub.add_parser("report", help="summary CSV, Markdown table and figure from evaluated runs")
     r.add_argument("--evals", nargs="+", required=True)
@@ -71,71 +117,81 @@ def main(argv: list[str] | None = None) -> int:
     r.add_argument("--out-md", required=True)
     r.add_argument("--out-png", required=True)
     r.add_argument("--config", help="JSON file of the config's report section (as report_config.json)")
-    r.add_argument("--n-samples", type=int, help="decoder samples per run in the figure (overrides the file's)")
     r.add_argument("--out-pdf", help="the samples figure as PDF too")
     r.add_argument("--table2", nargs=3, metavar=("CSV", "MD", "TEX"),
                    help="write the Table 2 replica (mean ± 95%% CI over seeds, published values beside)")
-    r.add_argument("--convergence", nargs="*", default=[], help="ais_convergence.csv files of the runs")
-    r.add_argument("--out-convergence", nargs=2, metavar=("PNG", "PDF"), help="the AIS convergence / BDMC figure")
+    r.add_argument("--convergence", nargs="*", default=[], help="ais_convergence.csv files of the runs (none: no "
+                                                                "convergence figure)")
+    r.add_argument("--out-convergence", nargs="*", default=[], metavar="PNG PDF",
+                   help="the AIS convergence / BDMC figure (two paths, or none)")
 
-    f = sub.add_parser("figures", help="per run: the Figure 7 replica (training images beside samples) and latent "
-                                       "interpolations between test images")
-    f.add_argument("model")
+    f = _job(sub, "figures", "per run: the Figure 7 replica and latent interpolations (PNG + PDF)", model=True,
+             data_dir=True)
     f.add_argument("--out-fig7", nargs=2, metavar=("PNG", "PDF"), required=True)
     f.add_argument("--out-interp", nargs=2, metavar=("PNG", "PDF"), required=True)
     f.add_argument("--seed", type=int, default=0, help="prior draws; training images seed + 1; test images seed + 2")
-    f.add_argument("--data-dir", help=DATA_DIR_HELP)
-    f.add_argument("--threads", type=int)
 
-    s = sub.add_parser("schools", help="eight-schools experiment: gold-standard HMC, ADVI / AVB fits, report")
+    s = sub.add_parser("schools", help="eight schools: gold-standard HMC, ADVI / AVB fits, Figure 3, report")
     ss = s.add_subparsers(dest="schools_cmd", required=True)
-    sg = ss.add_parser("gold", help="gold-standard HMC chains and their diagnostics")
-    sg.add_argument("--config", help=SCHOOLS_CONFIG_HELP)
+    sg = _job(ss, "gold", "gold-standard HMC chains and their diagnostics", config=SCHOOLS_CONFIG_HELP)
     sg.add_argument("--out-npz", required=True)
     sg.add_argument("--out-json", required=True)
-    sg.add_argument("--threads", type=int)
-    sf = ss.add_parser("fit", help="train one method (avb.train.fit) and draw its posterior samples")
+    sf = _job(ss, "fit", "train one method (avb.train.fit) and draw its posterior samples", config=SCHOOLS_CONFIG_HELP)
     sf.add_argument("--method", required=True, choices=["advi_meanfield", "advi_fullrank", "avb", "avb_ac"])
-    sf.add_argument("--config", help=SCHOOLS_CONFIG_HELP)
     sf.add_argument("--out", required=True, help="run folder: model.pt, checkpoint.pt, train_metrics.csv, "
                     "samples.npz, fit.json")
-    sf.add_argument("--threads", type=int)
-    sr = ss.add_parser("report", help="summary CSV / Markdown, per-parameter CSV and the (mu, tau) figure")
+    sr = _job(ss, "report", "summary CSV / Markdown, per-parameter CSV and the (mu, tau) figure",
+              config=SCHOOLS_CONFIG_HELP)
     sr.add_argument("--gold-npz", required=True)
     sr.add_argument("--gold-json", required=True)
-    sr.add_argument("--fits", nargs="*", default=[], help="run folders of `avb schools fit`")
-    sr.add_argument("--config", help=SCHOOLS_CONFIG_HELP)
+    sr.add_argument("--fits", nargs="*", default=[], help="fit.json files (or run folders) of `avb schools fit`")
     sr.add_argument("--out-csv", required=True)
     sr.add_argument("--out-md", required=True)
     sr.add_argument("--out-params", required=True)
     sr.add_argument("--out-fig", required=True, help="figure path; written as .png and .pdf")
     sr.add_argument("--kl-curve", help="kl_curve.csv of `avb schools kl`: its last iteration joins the summary")
-    sr.add_argument("--threads", type=int)
-    sk = ss.add_parser("kl", help="Figure 3 replica: kNN KL(method || HMC) of the training snapshots, CSV + figure")
+    sk = _job(ss, "kl", "Figure 3 replica: kNN KL(method || HMC) of the training snapshots, CSV + figure",
+              config=SCHOOLS_CONFIG_HELP)
     sk.add_argument("--gold-npz", required=True)
     sk.add_argument("--snapshots", nargs="+", required=True, help="snapshots.npz files of `avb schools fit`")
-    sk.add_argument("--config", help=SCHOOLS_CONFIG_HELP)
     sk.add_argument("--out-csv", required=True)
     sk.add_argument("--out-png", required=True)
     sk.add_argument("--out-pdf", required=True)
-    sk.add_argument("--threads", type=int)
 
-    from .toy import add_cli_arguments as _toy_arguments
-    _toy_arguments(sub.add_parser("toy", help="four-image toy experiment: train / evaluate (exact log p(x)) / report"))
+    toy = sub.add_parser("toy", help="four-image toy: train, evaluate (exact log p(x)), report")
+    ts = toy.add_subparsers(dest="toy_cmd", required=True)
+    tt = _job(ts, "train", "train one toy run from its run config (JSON)")
+    tt.add_argument("run_config")
+    tt.add_argument("--out", required=True, help="run folder: model.pt, checkpoint.pt, train_metrics.csv")
+    te = _job(ts, "evaluate", "exact log p(x) by quadrature, posteriors, ELBO and KL estimates", model=True,
+              config="JSON file of toy eval settings (the toy.eval section of a config, as eval_config.json); unset "
+                     "keys take the schema defaults")
+    te.add_argument("--out-json", required=True)
+    te.add_argument("--out-npz", required=True, help="grid posteriors and encoder samples for the figure")
+    tr = ts.add_parser("report", help="summary CSV, Markdown and the latent-space figure (PNG + PDF)")
+    tr.add_argument("--evals", nargs="+", required=True)
+    tr.add_argument("--npz", nargs="+", required=True)
+    tr.add_argument("--out-csv", required=True)
+    tr.add_argument("--out-md", required=True)
+    tr.add_argument("--out-png", required=True)
+    tr.add_argument("--out-pdf", required=True)
+    tr.add_argument("--out-table1", nargs=3, metavar=("CSV", "MD", "TEX"),
+                    help="the Table 1 replica: ours beside the paper's printed values (avb/report/published.py)")
 
     pp = sub.add_parser("paper", help="render paper/replication.md and paper/main.tex from a preset's results")
-    pp.add_argument("--config", required=True, help="JSON file of the validated preset config (paper_config.json)")
+    pp.add_argument("--config", required=True, help="JSON file of the validated preset config (paper_config.json); "
+                                                    "the results are read from its results_dir/preset "
+                                                    "(avb.layout.paper_inputs)")
     pp.add_argument("--out", default="paper", help="folder to render into; replaced file by file only once all of "
                                                     "it rendered (a failed render leaves it as it was)")
     pp.add_argument("--stamp", help="JSON file written last: the files written into --out and their sha256")
     pp.add_argument("--latex", action="store_true", help="also build main.pdf with latexmk, where installed")
-    pp.add_argument("--inputs", nargs="+", required=True, help="name=path pairs of result files (per_image=a,b,...: a comma-separated list)")
 
-    cl = sub.add_parser("claims", help="the paper's claims checked against a preset's results (CSV + Markdown)")
+    cl = sub.add_parser("claims", help="the paper's claims checked against a preset's results")
     cl.add_argument("--per-image", nargs="*", default=[], help="eval_per_image.csv files of the MNIST runs")
     cl.add_argument("--summary", help="summary.csv of the MNIST runs (BDMC caveats)")
-    cl.add_argument("--toy", help="toy/summary.csv")
-    cl.add_argument("--schools", help="schools/summary.csv")
+    cl.add_argument("--toy", nargs="?", help="toy/summary.csv (none: the toy claims are left out)")
+    cl.add_argument("--schools", nargs="?", help="schools/summary.csv (none: the schools claims are left out)")
     cl.add_argument("--out-csv", required=True)
     cl.add_argument("--out-md", required=True)
 
@@ -157,37 +213,31 @@ def main(argv: list[str] | None = None) -> int:
             _threads(a.threads)
             print(train(read_run_config(a.run_config), a.out, data_dir=a.data_dir))
         elif a.cmd == "evaluate":
-            from .config import validate
+            from .config import section
             from .evaluate import evaluate
             _threads(a.threads)
-            given = _settings(a.config)
-            for key in ("n_test", "ais_steps", "ais_chains"):
-                if getattr(a, key) is not None:
-                    given[key] = getattr(a, key)
-            settings = validate({"preset": "cli", "eval": given}, f"evaluate settings {a.config or ''}")["eval"]
+            settings = section("eval", _settings(a.config), f"evaluate settings {a.config or ''}")
             s = evaluate(a.model, settings, a.out_csv, a.out_json, data_dir=a.data_dir)
             print(json.dumps(s, indent=2))
         elif a.cmd == "convergence":
-            from .config import validate
+            from .config import ConfigError, section
             from .evaluate import ais_convergence
             _threads(a.threads)
-            given = _settings(a.config)
+            given, source = _settings(a.config), f"convergence settings {a.config or ''}"
             extra = set(given) - {"eval", "steps", "n_images"}
             if extra:
-                raise ValueError(f"convergence settings {a.config}: unknown keys {sorted(extra)}")
-            conv = {k: v for k, v in (("steps", a.steps), ("n_images", a.n_images)) if v is not None}
-            cfg = validate({"preset": "cli", "eval": given.get("eval", {}),
-                            "convergence": {**{k: given[k] for k in ("steps", "n_images") if k in given}, **conv}},
-                           f"convergence settings {a.config or ''}")
-            print(ais_convergence(a.model, cfg["eval"], cfg["convergence"]["steps"], cfg["convergence"]["n_images"],
-                                  a.out_csv, data_dir=a.data_dir).to_string(index=False))
+                raise ConfigError(f"{source}: unknown keys {sorted(extra)} (allowed: eval, steps, n_images)")
+            ev = section("eval", given.get("eval", {}), source)
+            conv = section("convergence", {k: given[k] for k in ("steps", "n_images") if k in given}, source)
+            print(ais_convergence(a.model, ev, conv["steps"], conv["n_images"], a.out_csv,
+                                  data_dir=a.data_dir).to_string(index=False))
         elif a.cmd == "report":
-            from . import figures, tables
-            from .config import validate
-            from .train import load_model
-            given = {**_settings(a.config), **({"n_samples": a.n_samples} if a.n_samples is not None else {})}
-            n_samples = validate({"preset": "cli", "report": given}, f"report settings {a.config or ''}")["report"][
-                "n_samples"]
+            from .report import figures, tables
+            from .config import section
+            from .experiments import load_model
+            if len(a.out_convergence) not in (0, 2):
+                p.error("report: --out-convergence takes two paths (PNG PDF) or none")
+            n_samples = section("report", _settings(a.config), f"report settings {a.config or ''}")["n_samples"]
             df = tables.write(a.evals, a.out_csv, a.out_md)
             runs = [{"label": figures.run_label(load_model(m)[1]), "model": m, "metrics": x}
                     for m, x in zip(a.models, a.metrics)]
@@ -198,16 +248,15 @@ def main(argv: list[str] | None = None) -> int:
                 figures.ais_convergence(a.convergence, *a.out_convergence)
             print(tables.markdown(df))
         elif a.cmd == "figures":
-            from . import figures
+            from .report import figures
             _threads(a.threads)
             figures.run_figures(a.model, a.out_fig7, a.out_interp, a.seed, data_dir=a.data_dir)
             print(f"wrote {' '.join(a.out_fig7 + a.out_interp)}")
         elif a.cmd == "schools":
             from . import schools
-            from .config import validate
+            from .config import section
             _threads(a.threads)
-            settings = validate({"preset": "cli", "schools": _settings(a.config)},
-                                f"schools settings {a.config or ''}")["schools"]
+            settings = section("schools", _settings(a.config), f"schools settings {a.config or ''}")
             if a.schools_cmd == "fit":
                 info = schools.fit_method(schools.run_config(settings, a.method), a.out)
                 print(json.dumps({k: v for k, v in info.items() if k != "run"}))
@@ -219,23 +268,26 @@ def main(argv: list[str] | None = None) -> int:
                 df = schools_kl.write(a.gold_npz, a.snapshots, settings, a.out_csv, a.out_png, a.out_pdf)
                 print(df.to_string(index=False))
             else:
-                print(schools.report(a.gold_npz, a.gold_json, a.fits, settings, a.out_csv, a.out_md, a.out_fig,
-                                     a.out_params, a.kl_curve))
+                import os
+                from .report.schools import report
+                fits = [os.path.dirname(f) if f.endswith(".json") else f for f in a.fits]  # fit.json -> its folder
+                print(report(a.gold_npz, a.gold_json, fits, settings, a.out_csv, a.out_md, a.out_fig,
+                             a.out_params, a.kl_curve))
         elif a.cmd == "toy":
-            from .toy import run_cli
             _threads(getattr(a, "threads", None))
-            print(run_cli(a))
+            print(_toy(a))
         elif a.cmd == "paper":
-            from .publish import paper
-            written = paper(_settings(a.config), a.out, dict(item.split("=", 1) for item in a.inputs), a.stamp,
-                            latex=a.latex)
+            from .layout import paper_reads
+            from .report.publish import paper
+            cfg = _settings(a.config)
+            written = paper(cfg, a.out, paper_reads(cfg), a.stamp, latex=a.latex)
             print(f"wrote {', '.join(str(p) for p in written) or 'nothing new'}")
         elif a.cmd == "claims":
-            from . import claims
+            from .report import claims
             df = claims.write(a.per_image, a.summary, a.toy, a.schools, a.out_csv, a.out_md)
             print(claims.markdown(df))
         elif a.cmd == "readme":
-            from . import readme
+            from .report import readme
             if a.check:
                 from pathlib import Path
                 text = Path(a.readme).read_text()

@@ -6,10 +6,12 @@
   (``overrides[1].eval.ais_stepz``) and value; non-finite numbers (``.nan``, ``.inf``) are rejected anywhere.
 * ``overrides``: a list of ``{match: {method?, z_dim?, dataset?}, model?, train?, eval?}`` applied in order to every
   run of the sweep whose wildcards equal all the given match keys. An override matching no run is an error.
-* Resolution: ``run_config`` (the fully resolved ``model``, ``train`` and ``eval`` sections of one run) and what each
-  job of that run reads, which is all that job tracks: ``train_config`` (training; ``config.json``),
-  ``eval_config`` (AIS evaluation) and ``convergence_config`` (the AIS-budget study). Data are identified by their
-  content checksum (``DATASET_SHA256``), never by the folder holding them.
+* Resolution: ``sweep`` (the runs), ``run_config`` and ``rows`` (the fully resolved ``model``, ``train`` and ``eval``
+  sections of a run); what each job of a run reads is ``avb.jobs``.
+* The schema is the only place defaults are written: ``section`` checks a job's settings file against the schema's
+  definition of its section (``eval``, ``toy.eval``, ``schools``, ...) and fills its defaults; ``defaults`` gives
+  them for code that completes a partial dict; ``choices`` the allowed values of a list setting (the workflow's
+  wildcard constraints).
 
 This module imports no torch (the Snakefile imports it).
 """
@@ -17,7 +19,6 @@ from __future__ import annotations
 
 import copy
 import functools
-import hashlib
 import itertools
 import json
 import math
@@ -155,6 +156,26 @@ def _method_overrides_error(value: Any, source: str) -> ConfigError:
                        f"Write instead:\n{example}")
 
 
+# Keys renamed so that one setting has one name in every section: the old name is an error naming the new one.
+RENAMED = {"toy.eval.knn_k": "toy.eval.kl_k"}
+
+
+def _renamed_errors(obj: Any, prefix: str) -> list[str]:
+    """One line per renamed key in ``obj``, the config section at dotted path ``prefix`` ('' = the whole config)."""
+    lines = []
+    for old, new in RENAMED.items():
+        if prefix and not old.startswith(prefix + "."):
+            continue
+        node = obj
+        for part in old[len(prefix) + 1 if prefix else 0:].split("."):
+            node = node.get(part) if isinstance(node, dict) else None
+            if node is None:
+                break
+        else:
+            lines.append(f"  {old}: renamed to {new} (write `{new.rsplit('.', 1)[1]}: {node}`)")
+    return lines
+
+
 def validate(config: dict[str, Any], source: str = "config") -> dict[str, Any]:
     """Fill defaults and validate; raises ConfigError naming the offending key paths and values."""
     import jsonschema
@@ -163,7 +184,7 @@ def validate(config: dict[str, Any], source: str = "config") -> dict[str, Any]:
         raise ConfigError(f"invalid {source}: expected a mapping of keys, got {type(config).__name__}")
     if "method_overrides" in config:
         raise _method_overrides_error(config["method_overrides"], source)
-    bad = _non_finite(config, [])
+    bad = _renamed_errors(config, "") + _non_finite(config, [])
     if bad:
         raise ConfigError(f"invalid {source}:\n" + "\n".join(bad))
     schema = _schema()
@@ -191,6 +212,67 @@ def _check_overrides(cfg: dict[str, Any], source: str) -> None:
         raise ConfigError(f"invalid {source}:\n" + "\n".join(lines))
 
 
+# ------------------------------------------------------------------------------------------- sections of the schema
+def _subschema(section: str) -> dict[str, Any]:
+    """The schema of the dotted ``section`` (``eval``, ``toy.eval``, ``schools``, ...; ``$ref``s followed), with the
+    schema's ``$defs`` beside it so that it validates on its own."""
+    schema = _schema()
+    node: dict[str, Any] = schema
+    for part in section.split("."):
+        props = node.get("properties", {})
+        if part not in props:
+            raise KeyError(f"{section}: no section {part!r} in {SCHEMA_PATH.name} (has: {', '.join(props)})")
+        node = props[part]
+        while "$ref" in node:
+            node = {**schema["$defs"][node["$ref"].rsplit("/", 1)[1]], **{k: v for k, v in node.items()
+                                                                            if k not in ("$ref", "default")}}
+    return {"$defs": schema["$defs"], **{k: v for k, v in node.items() if k != "default"}}
+
+
+def section(name: str, given: dict[str, Any], source: str) -> dict[str, Any]:
+    """``given`` validated against the schema's section ``name`` (dotted: ``eval``, ``toy.eval``, ``schools``) and
+    completed with its defaults: how a job checks its settings file. Errors name the key as the preset would
+    (``eval.ais_stepz``) and ``source`` (the file). A file the pipeline wrote is complete and passes as it is."""
+    import jsonschema
+
+    if not isinstance(given, dict):
+        raise ConfigError(f"invalid {source}: expected a mapping of keys, got {type(given).__name__}")
+    prefix: list[str | int] = list(name.split("."))
+    bad = _renamed_errors(given, name) + _non_finite(given, prefix)
+    if bad:
+        raise ConfigError(f"invalid {source}:\n" + "\n".join(bad))
+    schema = _subschema(name)
+
+    def prefixed(errors):
+        for e in errors:
+            e.path.extendleft(reversed(prefix))
+            yield e
+
+    _raise_errors(prefixed(jsonschema.Draft202012Validator(schema).iter_errors(given)), source)
+    out = copy.deepcopy(given)
+    _raise_errors(prefixed(_with_defaults(jsonschema.Draft202012Validator)(schema).iter_errors(out)), source)
+    return out
+
+
+@functools.lru_cache(maxsize=None)
+def _defaults(name: str) -> str:
+    return json.dumps(section(name, {}, f"defaults of {name}"))
+
+
+def defaults(name: str) -> dict[str, Any]:
+    """The schema's defaults of section ``name`` (a fresh copy): the one place defaults are written down."""
+    return json.loads(_defaults(name))
+
+
+def choices(name: str) -> list[str]:
+    """The values the schema allows in the list setting ``name`` (``methods``, ``datasets``, ``toy.methods``,
+    ``schools.methods``): its items' enum. The workflow's wildcard constraints are built from these."""
+    node = _subschema(name)["items"]
+    if "$ref" in node:
+        node = _schema()["$defs"][node["$ref"].rsplit("/", 1)[1]]
+    return list(node["enum"])
+
+
 # ---------------------------------------------------------------------------------------------------- resolution
 def sweep(cfg: dict[str, Any]) -> list[dict[str, Any]]:
     """One dict (dataset, method, z_dim, seed) per run of the sweep datasets x methods x z_dims x seeds."""
@@ -215,109 +297,6 @@ def run_config(cfg: dict[str, Any], dataset: str, method: str, z_dim: int, seed:
     return {"method": method, "dataset": dataset, "z_dim": int(z_dim), "seed": int(seed), **sections}
 
 
-# Keys a job does not read are left out of what it tracks, so that changing them reruns nothing of it. Only keys
-# known to be unread are dropped: a key added to the schema later is kept (it reruns too much, never too little).
-ADVERSARY_TRAIN_KEYS = ("lr_adversary", "adversary_steps")
-
-
-def unread_model_keys(method: str, model: dict[str, Any]) -> set[str]:
-    """The ``model`` keys that ``avb.objectives.build`` does not read for ``method`` with these networks."""
-    unread = set()
-    if method == "vae":   # no adversary, no encoder noise
-        unread |= {k for k in model if k.startswith("adv_")} | {"eps_dim", "eps_nbasis"}
-    elif method == "avb":  # no noise basis
-        unread.add("eps_nbasis")
-    arch, adv_arch = model.get("arch", "mlp"), model.get("adv_arch", "conv0")  # unset: build()'s defaults
-    if method != "vae" and adv_arch != "conv0":  # the conv1 adversary has fixed sizes
-        unread |= {"adv_hidden", "adv_embed", "adv_layers"}
-    if arch != "mlp":
-        unread.add("hidden")
-    if arch != "conv0":
-        unread.add("conv0_decoder_act")
-    return unread
-
-
-# Content checksums of the verified splits as ``avb.data.load`` returns them (``data_sha256``): a run's config.json
-# records its dataset's, and training and evaluation check the data they load against it. The folder the data come
-# from is no part of any run's settings, so moving the data reruns nothing.
-DATASET_SHA256 = {
-    "mnist": "dccb843ebcbb95cdc9c9f03efab1ca6fe9e45015459f5e720d43107166c6cc1f",
-    "fashion_mnist": "fc3ccbdf096b2f4e70d7768ba4154a8a5c541b0b462e324aec218e927ba0428e",
-    "static_mnist": "027caf6f7dabedc892a2543c31c3883b11508c33ca5c10f576552c1783ebbecf",
-}
-
-
-def data_sha256(splits: Any) -> str:
-    """SHA-256 over the train, validation and test images (dtype, shape and bytes) of an ``avb.data.Splits``."""
-    h = hashlib.sha256()
-    for a in (splits.train, splits.val, splits.test):
-        h.update(str((a.dtype.str, a.shape)).encode())
-        h.update(a.tobytes())
-    return h.hexdigest()
-
-
-def check_data(run: dict[str, Any], splits: Any) -> None:
-    """Raise ``ConfigError`` if ``splits`` are not the data the run config records (runs without a record pass)."""
-    expected = run.get("data_sha256")
-    if expected is None:
-        return
-    got = data_sha256(splits)
-    if got != expected:
-        raise ConfigError(f"dataset {run['dataset']} from {splits.source} has content sha256 {got}, but the run "
-                          f"config records {expected}: these are other data than the run was set up for")
-
-
-def train_config(cfg: dict[str, Any], dataset: str, method: str, z_dim: int, seed: int) -> dict[str, Any]:
-    """What training reads (written to the run's ``config.json``; ``avb.train.fit`` keys its checkpoint on it):
-    the wildcards, the dataset's content checksum, and the ``model`` / ``train`` keys the method reads."""
-    run = run_config(cfg, dataset, method, z_dim, seed)
-    unread = unread_model_keys(method, run["model"])
-    train = {k: v for k, v in run["train"].items() if method != "vae" or k not in ADVERSARY_TRAIN_KEYS}
-    return {"method": method, "dataset": dataset, "z_dim": int(z_dim), "seed": int(seed),
-            "data_sha256": DATASET_SHA256[dataset],
-            "model": {k: v for k, v in run["model"].items() if k not in unread}, "train": train}
-
-
-def eval_config(cfg: dict[str, Any], dataset: str, method: str, z_dim: int, seed: int) -> dict[str, Any]:
-    """The run's resolved ``eval`` section, as ``avb evaluate --config`` reads it (``ac_moment_draws`` only for
-    AVB + AC, the one method with moments to estimate)."""
-    ev = run_config(cfg, dataset, method, z_dim, seed)["eval"]
-    return {k: v for k, v in ev.items() if k != "ac_moment_draws" or method == "avb_ac"}
-
-
-# eval keys the AIS-budget study does not read: it runs its own budgets on its own images (config `convergence`).
-CONVERGENCE_UNREAD_EVAL_KEYS = ("n_test", "batch_size", "ais_steps", "elbo_samples", "iwae_samples", "bdmc_images")
-
-
-def convergence_config(cfg: dict[str, Any], dataset: str, method: str, z_dim: int, seed: int) -> dict[str, Any]:
-    """What ``avb convergence --config`` reads: the budgets and image count of ``convergence``, and the run's AIS
-    settings (``eval`` less the keys of the main evaluation only)."""
-    ev = eval_config(cfg, dataset, method, z_dim, seed)
-    return {"eval": {k: v for k, v in ev.items() if k not in CONVERGENCE_UNREAD_EVAL_KEYS},
-            "steps": list(cfg["convergence"]["steps"]), "n_images": int(cfg["convergence"]["n_images"])}
-
-
 def rows(cfg: dict[str, Any]) -> list[dict[str, Any]]:
     """``run_config`` of every run of the sweep, in sweep order."""
     return [run_config(cfg, **r) for r in sweep(cfg)]
-
-
-# The model keys each toy method uses: a run config holds only these, so e.g. an adversary setting never reruns the VAE.
-TOY_RUN_MODEL_KEYS = {
-    "vae": ["hidden"],
-    "avb": ["hidden", "eps_dim", "adv_hidden", "adv_blocks", "adv_prior_term"],
-    "avb_ac": ["hidden", "ac_nbasis", "ac_eps_dim", "adv_hidden", "adv_blocks", "adv_prior_term"],
-}
-
-
-def toy_run_config(toy: dict[str, Any], method: str) -> dict[str, Any]:
-    """Everything that determines one toy training run (JSON-able; ``avb.train.fit`` keys its checkpoint on it).
-
-    ``toy`` is the validated ``toy`` section of a config. The VAE has no adversary, so its adversary settings are
-    None (``fit`` reads them only for a model with an adversary).
-    """
-    train = dict(toy["train"])
-    if method == "vae":
-        train.update(lr_adversary=None, adversary_steps=None)
-    return {"experiment": "toy", "method": method, "seed": int(toy["seed"]),
-            "model": {k: toy["model"][k] for k in TOY_RUN_MODEL_KEYS[method]}, "train": train}

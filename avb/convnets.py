@@ -1,8 +1,10 @@
 """The official convolutional networks ``conv0`` and ``conv1`` for 28x28x1 MNIST (gf_dim = df_dim = 64), in PyTorch.
 
 Sources (official repo, HEAD): ``avb/decoders/conv{0,1}.py``, ``avb/avb/models/conv{0,1,0_ac,1_ac}.py``,
-``avb/vae/models/conv{0,1}.py`` and ``avb/ops.py``. The call signatures are those of ``avb.nets``: x arrives flat
-[B, 784] in {0, 1} and is reshaped to [B, 1, 28, 28] inside; decoders return flat logits [B, 784].
+``avb/vae/models/conv{0,1}.py`` and ``avb/ops.py``. They are the bodies of the shared blocks of ``avb.nets``
+(``Decoder``, ``GaussianEncoder``, ``ImplicitEncoder``, ``NoiseBasisEncoder``), which ``avb.experiments`` puts
+together: x arrives flat [B, 784] in {0, 1} (centred by the encoder) and is reshaped to [B, 1, 28, 28] inside;
+decoder networks return flat logits [B, 784].
 
 As coded (each checked against the files above):
 
@@ -20,16 +22,17 @@ As coded (each checked against the files above):
   ``decoder_act="elu"`` gives the evidently intended ELU;
 * ``add_linear(c, net)`` is ``net + reshape(Linear(c))`` and is where the conv0 encoder's noise and the conv1
   adversary's z enter; in the conv1 encoder it comes after the convolution's ELU, with no activation of its own;
-* the conv1 adversary centres x (the conv0 adversary, ``avb.nets.Adversary``, does not) and, like the official
-  ``AVB`` class, runs once per z batch, so its batch-norm statistics are those of that batch.
+* the conv1 adversary centres x (the conv0 adversary, ``avb.nets.InnerProductAdversary``, does not) and, like the
+  official ``AVB`` class, runs once per z batch, so its batch-norm statistics are those of that batch.
 
 Departures from the official code:
 
 * tensors are NCHW, not NHWC, so the ``add_linear`` outputs and the flattened feature maps are laid out in another
   order. This only permutes the units of a Xavier-initialised linear layer, so the model and its initial
   distribution are the same;
-* the m noise-basis heads ``a_i`` are one stacked linear layer whose m blocks are Xavier-initialised one by one,
-  which matches m separate slim layers; the m networks ``v_i`` are ``avb.nets.ParallelMLPs``;
+* the m noise-basis heads ``a_i`` are one stacked linear layer whose m blocks are Xavier-initialised one by one
+  (``avb.nets.stacked_linear``), which matches m separate slim layers; the m networks ``v_i`` are
+  ``avb.nets.ParallelMLPs``;
 * MNIST only: the spatial sizes (strides 1, 1, 2, 2 for conv0, from the official ``n_down`` rule at
   output_size 28) are fixed rather than derived from an ``output_size``, and there is one Bernoulli output head
   (``num_out = 1``).
@@ -42,7 +45,7 @@ import torch
 from torch import nn
 import torch.nn.functional as F
 
-from .nets import Decoder, GaussianEncoder, NoiseBasisEncoder, ParallelMLPs, centre, linear
+from .nets import Decoder, centre, init_, linear, one_or_tuple
 
 SIDE = 28                    # MNIST output_size; c_dim = 1
 DF = GF = 64                 # df_dim, gf_dim
@@ -61,19 +64,12 @@ def same_pads(n_in: int, stride: int) -> tuple[int, int]:
     return total // 2, total - total // 2
 
 
-def _xavier_zero(layer: nn.Module) -> nn.Module:
-    nn.init.xavier_uniform_(layer.weight)
-    if layer.bias is not None:
-        nn.init.zeros_(layer.bias)
-    return layer
-
-
 class Conv2dSame(nn.Conv2d):
     """5x5 convolution with TF 'SAME' padding (asymmetric when the total is odd), Xavier weights, zero bias."""
 
     def __init__(self, c_in: int, c_out: int, stride: int, bias: bool = True):
         super().__init__(c_in, c_out, KERNEL, stride, bias=bias)
-        _xavier_zero(self)
+        init_(self)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         (top, bottom), (left, right) = same_pads(x.shape[-2], self.stride[0]), same_pads(x.shape[-1], self.stride[1])
@@ -87,7 +83,7 @@ class ConvTranspose2dSame(nn.ConvTranspose2d):
         top, _ = same_pads(out_size, stride)
         super().__init__(c_in, c_out, KERNEL, stride, padding=top)  # drops `top` rows/cols in front ...
         self.out_size = out_size
-        _xavier_zero(self)
+        init_(self)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return super().forward(x)[..., :self.out_size, :self.out_size]  # ... and the surplus at the back
@@ -95,14 +91,6 @@ class ConvTranspose2dSame(nn.ConvTranspose2d):
 
 def batch_norm(channels: int) -> nn.BatchNorm2d:
     return nn.BatchNorm2d(channels, eps=BN_EPS, momentum=BN_MOMENTUM)
-
-
-def stacked_linear(n_in: int, n_out: int, m: int) -> nn.Linear:
-    """m heads Linear(n_in, n_out) as one layer; each block is Xavier-initialised on its own, as m slim layers."""
-    layer = linear(n_in, m * n_out)
-    for block in layer.weight.data.split(n_out):
-        nn.init.xavier_uniform_(block)
-    return layer
 
 
 class ConvLayer(nn.Module):
@@ -154,7 +142,7 @@ class ConvStack(nn.Module):
 
 
 def trunk(arch: str, act: type[nn.Module]) -> tuple[nn.Module, int]:
-    """The noise-free x -> h body of the VAE and AC encoders and its width.
+    """The noise-free (centred) x -> h body of the VAE and AC encoders and its width.
 
     conv0: 4 convs 64/128/256/512 (s 1, 1, 2, 2), batch norm on the first three; conv1: 3 convs 16/32/32 (s2) -> FC800.
     """
@@ -167,45 +155,41 @@ def trunk(arch: str, act: type[nn.Module]) -> tuple[nn.Module, int]:
     raise ValueError(f"unknown conv arch {arch!r}; expected conv0 or conv1")
 
 
-class Conv0Decoder(Decoder):
-    """Official conv0 decoder: FC 512*7*7 ELU -> deconv5x5 256 (s2) -> 128 (s2) -> 64 (s1) -> 1 logits (s1)."""
-
-    def __init__(self, z_dim: int, decoder_act: str = "relu"):
-        nn.Module.__init__(self)  # not Decoder.__init__, which builds the MLP; forward/log_likelihood use self.net
-        if decoder_act not in DECODER_ACTS:
-            raise ValueError(f"decoder_act={decoder_act!r}; expected one of {', '.join(DECODER_ACTS)}")
-        act = DECODER_ACTS[decoder_act]
-        self.net = nn.Sequential(
-            linear(z_dim, 8 * GF * 7 * 7), nn.ELU(), nn.Unflatten(1, (8 * GF, 7, 7)),
-            ConvTranspose2dSame(8 * GF, 4 * GF, 14, 2), act(),
-            ConvTranspose2dSame(4 * GF, 2 * GF, 28, 2), act(),
-            ConvTranspose2dSame(2 * GF, GF, 28, 1), act(),
-            ConvTranspose2dSame(GF, 1, SIDE, 1), nn.Flatten())
+def conv0_decoder_net(z_dim: int, act: str = "relu") -> nn.Sequential:
+    """Official conv0 decoder: FC 512*7*7 ELU -> deconv5x5 256 (s2) -> 128 (s2) -> 64 (s1) -> 1 logits (s1); ``act``
+    is the hidden deconvolutions' activation (relu as coded, or elu)."""
+    if act not in DECODER_ACTS:
+        raise ValueError(f"decoder_act={act!r}; expected one of {', '.join(DECODER_ACTS)}")
+    a = DECODER_ACTS[act]
+    return nn.Sequential(
+        linear(z_dim, 8 * GF * 7 * 7), nn.ELU(), nn.Unflatten(1, (8 * GF, 7, 7)),
+        ConvTranspose2dSame(8 * GF, 4 * GF, 14, 2), a(),
+        ConvTranspose2dSame(4 * GF, 2 * GF, 28, 2), a(),
+        ConvTranspose2dSame(2 * GF, GF, 28, 1), a(),
+        ConvTranspose2dSame(GF, 1, SIDE, 1), nn.Flatten())
 
 
-class Conv1Decoder(Decoder):
+def conv1_decoder_net(z_dim: int) -> nn.Sequential:
     """Official conv1 decoder: FC300 -> FC 4*4*32 -> deconv5x5 32 (7x7) -> 16 (14x14) -> 1 logits (28x28), softplus."""
-
-    def __init__(self, z_dim: int):
-        nn.Module.__init__(self)  # not Decoder.__init__, which builds the MLP; forward/log_likelihood use self.net
-        self.net = nn.Sequential(
-            linear(z_dim, 300), nn.Softplus(), linear(300, 4 * 4 * 32), nn.Softplus(), nn.Unflatten(1, (32, 4, 4)),
-            ConvTranspose2dSame(32, 32, 7, 2), nn.Softplus(),
-            ConvTranspose2dSame(32, 16, 14, 2), nn.Softplus(),
-            ConvTranspose2dSame(16, 1, SIDE, 2), nn.Flatten())
+    return nn.Sequential(
+        linear(z_dim, 300), nn.Softplus(), linear(300, 4 * 4 * 32), nn.Softplus(), nn.Unflatten(1, (32, 4, 4)),
+        ConvTranspose2dSame(32, 32, 7, 2), nn.Softplus(),
+        ConvTranspose2dSame(32, 16, 14, 2), nn.Softplus(),
+        ConvTranspose2dSame(16, 1, SIDE, 2), nn.Flatten())
 
 
 def decoder(arch: str, z_dim: int, conv0_act: str = "relu") -> Decoder:
     """The official ``arch`` decoder; ``conv0_act`` is the conv0 decoder's hidden activation (relu as coded, or elu)."""
     if arch == "conv0":
-        return Conv0Decoder(z_dim, conv0_act)
+        return Decoder(conv0_decoder_net(z_dim, conv0_act))
     if arch == "conv1":
-        return Conv1Decoder(z_dim)
+        return Decoder(conv1_decoder_net(z_dim))
     raise ValueError(f"unknown conv arch {arch!r}; expected conv0 or conv1")
 
 
-class ImplicitConvEncoder(nn.Module):
-    """Official AVB encoders with the noise injected at every conv layer by ``add_linear(eps, .)``.
+class ConvNoiseNet(nn.Module):
+    """The official AVB conv encoders' network (centred x, eps) -> z, the noise injected at every conv layer by
+    ``add_linear(eps, .)`` (the body of an ``avb.nets.ImplicitEncoder``):
 
     conv0: h <- ELU(conv(h) + Linear(eps)) for 64/128/256/512 (s 1, 1, 2, 2), then z = Linear(h) (Xavier).
     conv1: h <- ELU(conv(h)) + Linear(eps) for 16/32/32 (s2), then FC800 ELU, then z = Linear (init std 1e-5).
@@ -213,42 +197,18 @@ class ImplicitConvEncoder(nn.Module):
 
     def __init__(self, arch: str, z_dim: int, eps_dim: int):
         super().__init__()
-        self.eps_dim = eps_dim
         if arch == "conv0":
             self.convs = ConvStack(*CONV0, nn.ELU, cond_dim=eps_dim)
             self.head: nn.Module = linear(self.convs.out_dim, z_dim)
         elif arch == "conv1":
             self.convs = ConvStack(*CONV1, nn.ELU, cond_dim=eps_dim, cond_after_act=True)
             self.head = nn.Sequential(linear(self.convs.out_dim, CONV1_FC), nn.ELU(),
-                                      linear(CONV1_FC, z_dim, init_std=1e-5))
+                                      linear(CONV1_FC, z_dim, init=1e-5))
         else:
             raise ValueError(f"unknown conv arch {arch!r}; expected conv0 or conv1")
 
-    def forward(self, x: torch.Tensor, eps: torch.Tensor | None = None) -> torch.Tensor:
-        if eps is None:
-            eps = torch.randn(x.shape[0], self.eps_dim, device=x.device)
-        return self.head(self.convs(centre(x), eps))
-
-
-class GaussianConvEncoder(GaussianEncoder):
-    """Official VAE encoders: conv0 trunk (ELU) or conv1 trunk (softplus) -> (mean, log std) linear heads."""
-
-    def __init__(self, arch: str, z_dim: int):
-        nn.Module.__init__(self)  # not GaussianEncoder.__init__ (MLP body); its forward uses body/mean/log_std
-        self.body, n = trunk(arch, nn.ELU if arch == "conv0" else nn.Softplus)
-        self.mean, self.log_std = linear(n, z_dim), linear(n, z_dim)
-
-
-class NoiseBasisConvEncoder(NoiseBasisEncoder):
-    """Official conv0_ac / conv1_ac encoders: ELU conv trunk, then the noise-basis head of ``NoiseBasisEncoder``."""
-
-    def __init__(self, arch: str, z_dim: int, eps_dim: int, n_basis: int, basis_hidden: int = 128):
-        nn.Module.__init__(self)  # not NoiseBasisEncoder.__init__ (MLP body); its forward uses the attributes below
-        self.eps_dim, self.n_basis = eps_dim, n_basis
-        self.body, n = trunk(arch, nn.ELU)
-        self.z0 = linear(n, z_dim, init_std=1e-5)
-        self.a = stacked_linear(n, z_dim, n_basis)
-        self.v = ParallelMLPs(n_basis, [eps_dim, basis_hidden, basis_hidden, basis_hidden, z_dim], nn.ELU)
+    def forward(self, x: torch.Tensor, eps: torch.Tensor) -> torch.Tensor:
+        return self.head(self.convs(x, eps))
 
 
 class ConvAdversary(nn.Module):
@@ -266,5 +226,4 @@ class ConvAdversary(nn.Module):
     def forward(self, x: torch.Tensor, *zs: torch.Tensor) -> torch.Tensor | tuple[torch.Tensor, ...]:
         """T(x, z) for each z batch given, each in its own pass (own batch-norm statistics)."""
         xc = centre(x)
-        out = tuple(self.out(self.convs(xc, z)).squeeze(-1) + 0.5 * (z * z).sum(-1) for z in zs)
-        return out[0] if len(out) == 1 else out
+        return one_or_tuple(tuple(self.out(self.convs(xc, z)).squeeze(-1) + 0.5 * (z * z).sum(-1) for z in zs))

@@ -2,11 +2,12 @@
 bound where the encoder has a density.
 
 The test images are dynamically binarised once with a fixed seed (the same draw for every model of a sweep), so all
-methods are scored on identical binary images. AVB's ELBO uses the adversary's KL estimate: it is not a bound, and
-the outputs say so (``elbo_is_bound``). The IWAE bound with ``iwae_samples`` samples (default 100) uses the proposal
-AIS starts from: the VAE encoder's Gaussian, AVB+AC's Gaussian r(z|x); plain AVB's implicit encoder has no density,
-so its IWAE is NaN and ``iwae_note`` says why. Optional ``ais_memory_mb`` caps the rows per decoder call of AIS and
-IWAE by a memory budget (no effect on the numbers; see ``avb.ais``).
+methods are scored on identical binary images. What is reported follows the method's traits (``avb.objectives``),
+not its name: AVB's ELBO uses the adversary's KL estimate, it is not a bound, and the outputs say so
+(``elbo_is_bound``). The IWAE bound with ``iwae_samples`` samples (default 100) uses the proposal AIS starts from
+(``Method.proposal``): the VAE encoder's Gaussian, AVB+AC's Gaussian r(z|x); plain AVB's implicit encoder has no
+density, so its IWAE is NaN and ``iwae_note`` (``Method.proposal_note``) says why. Optional ``ais_memory_mb`` caps
+the rows per decoder call of AIS and IWAE by a memory budget (no effect on the numbers; see ``avb.ais``).
 
 AVB + AC's Gaussian r(z|x) (AIS start, IWAE proposal, ELBO estimate) uses moments of q(z|x) estimated from
 ``eval.ac_moment_draws`` noise draws (default: the run's training batch size) from the evaluation's own generator,
@@ -26,16 +27,17 @@ import torch
 
 from . import data, io
 from .ais import estimate_log_likelihood, rows_for_memory
-from .bounds import IMPLICIT_NOTE, PROPOSAL_NOTES, bdmc, iwae_bound, simulate_bernoulli
+from .bounds import bdmc, iwae_bound, simulate_bernoulli
+from .experiments import load_model
 from .objectives import Method, MomentDraws
-from .train import load_model, resolve_device
+from .train import resolve_device
 
 
 def test_images(run: dict[str, Any], n_test: int, seed: int, data_dir: str | Path | None = None) -> torch.Tensor:
     """The first ``n_test`` test images, binarised with ``seed`` (a fixed draw, identical across models). The data
     come from ``data_dir`` (else ``run["data_dir"]``, else ``avb.data``'s search) and must be those the run was
-    trained on (``avb.config.check_data``)."""
-    from .config import check_data
+    trained on (``avb.jobs.check_data``)."""
+    from .jobs import check_data
 
     splits = data.load(run["dataset"], data_dir if data_dir is not None else run.get("data_dir"))
     check_data(run, splits)
@@ -59,19 +61,20 @@ def elbo_per_image(model: Method, x: torch.Tensor, n_samples: int,
     return torch.stack([model(x, moments).elbo for _ in range(n_samples)]).mean(0)
 
 
-def iwae_per_image(model: Method, method: str, x: torch.Tensor, init: tuple[torch.Tensor, torch.Tensor] | None,
-                   k: int, generator: torch.Generator, max_rows: int | None = None) -> tuple[np.ndarray, str]:
-    """IWAE_k per image with the Gaussian ``init`` as proposal (``model.ais_init``), and a note on the proposal.
+def iwae_per_image(model: Method, x: torch.Tensor, init: tuple[torch.Tensor, torch.Tensor] | None, k: int,
+                   generator: torch.Generator, max_rows: int | None = None) -> tuple[np.ndarray, str]:
+    """IWAE_k per image with the Gaussian ``init`` as proposal (``model.proposal``), and ``model.proposal_note``.
 
-    Plain AVB (init None) has an implicit encoder without a density: NaN and ``IMPLICIT_NOTE``, never a number.
+    A method without a proposal (init None: plain AVB, whose implicit encoder has no density) gets NaN, never a
+    number.
     """
     if k <= 0:
         return np.full(len(x), math.nan), "disabled (iwae_samples = 0)"
     if init is None:
-        return np.full(len(x), math.nan), IMPLICIT_NOTE if method == "avb" else "no proposal density"
+        return np.full(len(x), math.nan), model.proposal_note
     values = iwae_bound(model.decoder.log_likelihood, x, init[0], init[1], k, generator=generator,
                         max_rows=4096 if max_rows is None else max_rows)
-    return values.cpu().numpy(), PROPOSAL_NOTES.get(method, "proposal: the Gaussian AIS starts from")
+    return values.cpu().numpy(), model.proposal_note
 
 
 def bdmc_on_simulated(model: Method, settings: dict[str, Any], generator: torch.Generator,
@@ -88,7 +91,7 @@ def bdmc_on_simulated(model: Method, settings: dict[str, Any], generator: torch.
                 "bdmc_width_se": math.nan}
     x, z = simulate_bernoulli(model.decoder, n, model.z_dim, generator)
     with torch.no_grad():
-        init = model.ais_init(x, moments)
+        init = model.proposal(x, moments)
     res = bdmc(model.decoder.log_likelihood, x, z, n_steps=settings["ais_steps"], n_chains=settings["ais_chains"],
                init=init, schedule=settings["ais_schedule"], leapfrog_steps=settings["leapfrog_steps"],
                generator=generator, eps=settings["ais_eps"], adapt=settings["ais_adapt"],
@@ -115,7 +118,7 @@ def evaluate(model_path: str | Path, settings: dict[str, Any], out_csv: str | Pa
     for start in range(0, len(x_all), settings["batch_size"]):
         x = x_all[start:start + settings["batch_size"]]
         with torch.no_grad():
-            init = model.ais_init(x, moments)
+            init = model.proposal(x, moments)
         res = estimate_log_likelihood(
             model.decoder.log_likelihood, x, model.z_dim, n_steps=settings["ais_steps"],
             n_chains=settings["ais_chains"], init=init, schedule=settings["ais_schedule"],
@@ -123,7 +126,7 @@ def evaluate(model_path: str | Path, settings: dict[str, Any], out_csv: str | Pa
             adapt=settings["ais_adapt"], leapfrog=settings["ais_leapfrog"], memory_mb=memory_mb, progress=progress)
         iwae_rows = None if memory_mb is None else rows_for_memory(model.decoder.log_likelihood, x, model.z_dim,
                                                                    memory_mb)
-        iwae, iwae_note = iwae_per_image(model, run["method"], x, init, iwae_k, iwae_gen, iwae_rows)
+        iwae, iwae_note = iwae_per_image(model, x, init, iwae_k, iwae_gen, iwae_rows)
         frames.append(pd.DataFrame({
             "image": np.arange(start, start + len(x)),
             "log_px_ais": res.log_px.cpu().numpy(),
@@ -143,14 +146,14 @@ def evaluate(model_path: str | Path, settings: dict[str, Any], out_csv: str | Pa
         "log_px_ais_se": float(per_image.log_px_ais.std(ddof=1) / math.sqrt(n)) if n > 1 else math.nan,
         "elbo": float(per_image.elbo.mean()),
         "elbo_se": float(per_image.elbo.std(ddof=1) / math.sqrt(n)) if n > 1 else math.nan,
-        "elbo_is_bound": run["method"] == "vae",
+        "elbo_is_bound": model.elbo_is_bound,
         "iwae": float(per_image.iwae.mean(skipna=False)),
         "iwae_se": float(per_image.iwae.std(ddof=1, skipna=False) / math.sqrt(n)) if n > 1 else math.nan,
         "iwae_samples": iwae_k, "iwae_note": iwae_note,
         "n_test": n, "ais_steps": settings["ais_steps"], "ais_chains": settings["ais_chains"],
         "ais_schedule": settings["ais_schedule"], "ais_adapt": settings["ais_adapt"],
-        "ais_init": "prior" if run["method"] == "avb" else "encoder gaussian",
-        "ac_moment_draws": moments.n if run["method"] == "avb_ac" else None,
+        "ais_init": "encoder gaussian" if model.has_proposal else "prior",
+        "ac_moment_draws": moments.n if model.ac else None,
         "mean_ess": float(per_image.ess.mean()), "eval_seconds": time.perf_counter() - t0,
     }
     summary["gap"] = summary["log_px_ais"] - summary["elbo"]
@@ -183,7 +186,7 @@ def ais_convergence(model_path: str | Path, settings: dict[str, Any], steps: lis
                   leapfrog=settings["ais_leapfrog"], memory_mb=settings["ais_memory_mb"])
     moments = moment_draws(settings, run)
     with torch.no_grad():  # one r(z|x) for every budget, from a fixed number of draws (not n_images)
-        init_test, init_sim = model.ais_init(x_test, moments), model.ais_init(x_sim, moments)
+        init_test, init_sim = model.proposal(x_test, moments), model.proposal(x_sim, moments)
     rows = []
 
     def add(n_steps: int, estimate: str, values: torch.Tensor) -> None:

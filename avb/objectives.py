@@ -1,27 +1,40 @@
-"""The three methods as objectives over one set of networks: VAE, AVB and AVB with adaptive contrast (AC).
+"""Every method as one interface over any networks: the VAE, AVB, AVB with adaptive contrast (AC), and eight
+schools' Gaussian variational inference (ADVI).
 
-Each ``Method`` maps a batch x to a ``Step``: the primal loss (encoder + decoder), the adversary loss (None for the
-VAE) and per-example statistics. Scaling follows the official code: primal loss = (1/784) mean(recon + KL), where
-recon is the Bernoulli cross-entropy summed over pixels; the adversary loss is the mean logistic loss with
-(x, z~q) labelled 1 and (x, z~p) labelled 0.
+As pythae gives each model one ``forward`` returning its losses, a ``Method`` maps a batch x to a ``Step``: the
+primal loss (encoder + decoder), the adversary loss (None without an adversary) and per-example statistics. What a
+caller may ask of a method is explicit, never worked out from its name:
+
+* ``name`` (the run config's method), ``label`` (its display name, ``avb.methods.LABELS``);
+* ``elbo_is_bound``: whether ``Step.elbo`` is a lower bound on log p(x) (the KL is analytic: VAE, ADVI) or an
+  estimate (AVB's adversary KL);
+* ``proposal(x)``: the Gaussian (mean, std) that AIS starts from and IWAE samples, or None (start from the prior);
+  ``has_proposal`` says which before any call, ``proposal_is_q`` whether it is q(z|x) itself (the VAE: q's density is
+  exact) rather than AC's r(z|x), and ``proposal_note`` says what it is;
+* ``ac``: adaptive contrast, whose moments of q can come from separate draws (``MomentDraws``);
+* ``sample(x)``: one z ~ q(z|x) per row of x.
+
+Scaling follows the official code: primal loss = ``loss_scale`` mean(recon + KL), recon the Bernoulli cross-entropy
+summed over pixels and ``loss_scale`` = 1/784 for the images (the toy notebooks and eight schools: 1); the adversary
+loss is the mean logistic loss with (x, z~q) labelled 1 and (x, z~p) labelled 0.
 """
 from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 from torch import nn
 import torch.nn.functional as F
 
-from . import convnets
-from .nets import X_DIM, Adversary, Decoder, GaussianEncoder, ImplicitEncoder, NoiseBasisEncoder
+from .methods import LABELS
+from .nets import X_DIM
 
-METHODS = ("vae", "avb", "avb_ac")
-ARCHS = ("mlp", "conv0", "conv1")
-ADV_ARCHS = ("conv0", "conv1")
 LOG_2PI = math.log(2 * math.pi)
 AC_VAR_FLOOR = 1e-4  # sigma = sqrt(Var[z|x] + 1e-4), as coded
+AC_FLOOR_MODES = ("var", "std")
+IMPLICIT_NOTE = "implicit encoder has no density"
 
 
 @dataclass(frozen=True)
@@ -46,7 +59,7 @@ class Step:
     primal: torch.Tensor
     adversary: torch.Tensor | None
     recon: torch.Tensor          # [B] -log p(x|z)
-    kl: torch.Tensor             # [B] KL(q(z|x) || p(z)): analytic (VAE) or the adversary's estimate (AVB)
+    kl: torch.Tensor             # [B] KL(q(z|x) || p(z)): analytic (VAE, ADVI) or the adversary's estimate (AVB)
     adv_accuracy: torch.Tensor | None = None
 
     @property
@@ -67,15 +80,24 @@ def gaussian_kl(mean: torch.Tensor, log_std: torch.Tensor) -> torch.Tensor:
 
 
 class Method(nn.Module):
-    """A generative model (decoder), an encoder and, for AVB, an adversary, with one objective."""
+    """A generative model (``decoder``: anything with ``log_likelihood(x, z)``) with one objective; see the module
+    docstring for the traits."""
 
     name: str = ""
-    loss_scale: float = 1.0 / X_DIM  # the official code divides the primal loss by the number of pixels
+    elbo_is_bound: bool = False
+    has_proposal: bool = False
+    proposal_is_q: bool = False
+    proposal_note: str = "no proposal density"
+    ac: bool = False
 
-    def __init__(self, z_dim: int, decoder: Decoder):
+    def __init__(self, z_dim: int, decoder: nn.Module, loss_scale: float = 1.0 / X_DIM):
         super().__init__()
-        self.z_dim = z_dim
+        self.z_dim, self.loss_scale = z_dim, loss_scale
         self.decoder = decoder
+
+    @property
+    def label(self) -> str:
+        return LABELS[self.name]
 
     def primal_parameters(self) -> list[nn.Parameter]:
         return [p for n, p in self.named_parameters() if not n.startswith("adversary.")]
@@ -91,7 +113,11 @@ class Method(nn.Module):
         """The losses and statistics of batch x; ``moments``: see ``MomentDraws`` (AVB + AC only)."""
         raise NotImplementedError
 
-    def ais_init(self, x: torch.Tensor,
+    def sample(self, x: torch.Tensor) -> torch.Tensor:  # pragma: no cover - abstract
+        """One z ~ q(z|x) per row of x."""
+        raise NotImplementedError
+
+    def proposal(self, x: torch.Tensor,
                  moments: MomentDraws | None = None) -> tuple[torch.Tensor, torch.Tensor] | None:
         """(mean, std) of the Gaussian that AIS starts from, or None for the prior; ``moments`` as for ``forward``."""
         return None
@@ -99,35 +125,85 @@ class Method(nn.Module):
 
 class VAE(Method):
     name = "vae"
+    elbo_is_bound = True
+    has_proposal = True
+    proposal_is_q = True
+    proposal_note = "proposal: the Gaussian encoder q(z|x)"
 
-    def __init__(self, z_dim: int, decoder: Decoder, encoder: GaussianEncoder):
-        super().__init__(z_dim, decoder)
+    def __init__(self, z_dim: int, decoder: nn.Module, encoder: nn.Module, loss_scale: float = 1.0 / X_DIM):
+        super().__init__(z_dim, decoder, loss_scale)
         self.encoder = encoder
+
+    @staticmethod
+    def _draw(mean: torch.Tensor, log_std: torch.Tensor) -> torch.Tensor:
+        return mean + torch.randn_like(mean) * torch.exp(log_std)
 
     def forward(self, x: torch.Tensor, moments: MomentDraws | None = None) -> Step:
         mean, log_std = self.encoder(x)
-        z = mean + torch.randn_like(mean) * torch.exp(log_std)
+        z = self._draw(mean, log_std)
         recon, kl = self.recon(x, z), gaussian_kl(mean, log_std)
         return Step(primal=(recon + kl).mean() * self.loss_scale, adversary=None, recon=recon, kl=kl)
 
-    def ais_init(self, x, moments=None):
+    def sample(self, x: torch.Tensor) -> torch.Tensor:
+        return self._draw(*self.encoder(x))
+
+    def proposal(self, x, moments=None):
         mean, log_std = self.encoder(x)
         return mean, torch.exp(log_std)
 
 
 class AVB(Method):
-    """AVB; with ``adaptive_contrast`` the adversary compares z_bar = (z - mu)/sigma against N(0, I)."""
+    """AVB; with ``adaptive_contrast`` the adversary compares z_bar = (z - mu)/sigma against N(0, I).
 
-    def __init__(self, z_dim: int, decoder: Decoder, encoder: nn.Module, adversary: nn.Module,
-                 adaptive_contrast: bool):
-        super().__init__(z_dim, decoder)
+    AC's r(z|x) = N(mu, sigma^2) takes the stop-gradient moments of q: ``ac_moments = "encoder"``: those the
+    encoder returns with z (the noise-basis encoder: E[z|x], Var[z|x]); ``"batch"``: the moments of the batch of z
+    (a fixed target, where q(z) does not depend on x: eight schools). ``ac_floor_mode = "var"``: sigma =
+    sqrt(var + ac_floor) (the MNIST code, 1e-4); ``"std"``: sigma = std + ac_floor (the eight-schools notebook,
+    1e-6). Variances are biased (``tf.nn.moments``).
+    """
+
+    AC_MOMENTS = ("encoder", "batch")
+
+    def __init__(self, z_dim: int, decoder: nn.Module, encoder: nn.Module, adversary: nn.Module,
+                 adaptive_contrast: bool, loss_scale: float = 1.0 / X_DIM, ac_moments: str = "encoder",
+                 ac_floor: float = AC_VAR_FLOOR, ac_floor_mode: str = "var"):
+        if ac_moments not in self.AC_MOMENTS:
+            raise ValueError(f"unknown ac_moments {ac_moments!r}; expected one of {', '.join(self.AC_MOMENTS)}")
+        if ac_floor_mode not in AC_FLOOR_MODES:
+            raise ValueError(f"unknown ac_floor_mode {ac_floor_mode!r}; expected std or var")
+        super().__init__(z_dim, decoder, loss_scale)
         self.encoder, self.adversary, self.ac = encoder, adversary, adaptive_contrast
+        self.ac_moments, self.ac_floor, self.ac_floor_mode = ac_moments, ac_floor, ac_floor_mode
         self.name = "avb_ac" if adaptive_contrast else "avb"
+
+    @property
+    def has_proposal(self) -> bool:
+        return self.ac
+
+    @property
+    def proposal_note(self) -> str:
+        return "proposal: the Gaussian r(z|x) with the adaptive-contrast moments of q(z|x)" if self.ac \
+            else IMPLICIT_NOTE
+
+    def ac_sigma(self, var: torch.Tensor) -> torch.Tensor:
+        """AC's sigma from a (stop-gradient) variance, by ``ac_floor_mode``."""
+        return var.sqrt() + self.ac_floor if self.ac_floor_mode == "std" else torch.sqrt(var + self.ac_floor)
 
     def encode(self, x: torch.Tensor, moments: MomentDraws | None = None
                ) -> tuple[torch.Tensor, torch.Tensor | None, torch.Tensor | None]:
         """z ~ q(z|x) and, with AC, the stop-gradient moments (mu, sigma) of r(z|x): from the batch's own noise
-        (training, as coded) or, given ``moments``, from ``moments.n`` noise draws of their own (evaluation)."""
+        (training, as coded) or, given ``moments``, from ``moments.n`` noise draws of their own (evaluation; not
+        with ``ac_moments = "batch"``, whose moments are the batch's, as in the notebook)."""
+        if self.ac_moments == "batch":
+            if moments is not None:
+                raise ValueError("the AC moments are the batch's own here (as the notebook); separate moment draws "
+                                 "(MomentDraws) are not supported")
+            z = self.encoder(x)
+            if not self.ac:
+                return z, None, None
+            zd = z.detach()
+            mean, var = zd.mean(0, keepdim=True), zd.var(0, unbiased=False, keepdim=True)
+            return z, mean, self.ac_sigma(var)
         if not self.ac:
             return self.encoder(x), None, None
         if moments is None:
@@ -137,7 +213,7 @@ class AVB(Method):
                 raise ValueError(f"{type(self.encoder).__name__} cannot estimate its moments from separate draws")
             z, mean, var = self.encoder(x, moment_eps=self.encoder.moment_noise(moments.n, moments.generator,
                                                                                 x.device))
-        return z, mean.detach(), torch.sqrt(var.detach() + AC_VAR_FLOOR)
+        return z, mean.detach(), self.ac_sigma(var.detach())
 
     def forward(self, x: torch.Tensor, moments: MomentDraws | None = None) -> Step:
         z, mu, sigma = self.encode(x, moments)
@@ -153,37 +229,53 @@ class AVB(Method):
         acc = 0.5 * ((t_q > 0).float().mean() + (t_p < 0).float().mean())
         return Step(primal=(recon + kl).mean() * self.loss_scale, adversary=adv, recon=recon, kl=kl, adv_accuracy=acc)
 
-    def ais_init(self, x, moments=None):
+    def sample(self, x: torch.Tensor) -> torch.Tensor:
+        return self.encode(x)[0]
+
+    def proposal(self, x, moments=None):
+        """r(z|x) with AC, else None; plain AVB still draws (and discards) one z, as it always has, so that the
+        random stream of an evaluation does not depend on this call's result."""
         _, mu, sigma = self.encode(x, moments)
         return None if mu is None else (mu, sigma)
 
 
-def build(method: str, z_dim: int, *, arch: str = "mlp", hidden: int = 300, eps_dim: int = 32,
-          eps_nbasis: int = 16, adv_arch: str = "conv0", adv_hidden: int = 1024, adv_embed: int = 8192,
-          adv_layers: int = 3, conv0_decoder_act: str = "relu") -> Method:
-    """The networks and objective of ``method`` (vae, avb, avb_ac).
+class GaussianVI(Method):
+    """ADVI: q(z) = N(loc, L L^T), L diagonal (mean-field) or lower-triangular with a positive diagonal (full-rank).
 
-    ``arch`` picks the encoder and decoder family: ``mlp`` (official full0, width ``hidden``), ``conv0`` or ``conv1``
-    (see ``avb.convnets``; ``conv0_decoder_act`` is the conv0 decoder's hidden activation, relu as coded).
-    ``adv_arch`` picks the adversary independently, as the official scripts do: ``conv0`` (``avb.nets.Adversary``,
-    sized by ``adv_hidden``/``adv_embed``/``adv_layers``; every official MNIST script uses it) or ``conv1``.
+    The primal loss is -ELBO = mean over the batch of -log p(y|z_i) plus the analytic KL(q || N(0, I)); x is a dummy
+    whose batch size is the number of Monte-Carlo draws per step. The mean starts at U(-init_range, init_range) (as
+    Stan's random inits) and the scale at the identity (Stan's omega = 0).
     """
-    if method not in METHODS:
-        raise ValueError(f"unknown method {method!r}; expected one of {', '.join(METHODS)}")
-    if arch not in ARCHS:
-        raise ValueError(f"unknown model.arch {arch!r}; expected one of {', '.join(ARCHS)}")
-    if adv_arch not in ADV_ARCHS:
-        raise ValueError(f"unknown model.adv_arch {adv_arch!r}; expected one of {', '.join(ADV_ARCHS)}")
-    mlp = arch == "mlp"
-    decoder = Decoder(z_dim, hidden) if mlp else convnets.decoder(arch, z_dim, conv0_decoder_act)
-    if method == "vae":
-        encoder = GaussianEncoder(z_dim, hidden) if mlp else convnets.GaussianConvEncoder(arch, z_dim)
-        return VAE(z_dim, decoder, encoder)
-    if method == "avb":
-        encoder = ImplicitEncoder(z_dim, eps_dim, hidden) if mlp else convnets.ImplicitConvEncoder(arch, z_dim, eps_dim)
-    else:
-        encoder = NoiseBasisEncoder(z_dim, eps_dim, eps_nbasis, hidden) if mlp \
-            else convnets.NoiseBasisConvEncoder(arch, z_dim, eps_dim, eps_nbasis)
-    adversary = Adversary(z_dim, adv_hidden, adv_embed, adv_layers) if adv_arch == "conv0" \
-        else convnets.ConvAdversary(z_dim)
-    return AVB(z_dim, decoder, encoder, adversary, adaptive_contrast=method == "avb_ac")
+
+    elbo_is_bound = True
+
+    def __init__(self, z_dim: int, likelihood: nn.Module, full_rank: bool, init_range: float = 2.0,
+                 loss_scale: float = 1.0):
+        super().__init__(z_dim, likelihood, loss_scale)
+        self.full_rank = full_rank
+        self.name = "advi_fullrank" if full_rank else "advi_meanfield"
+        self.loc = nn.Parameter(torch.empty(z_dim).uniform_(-init_range, init_range))
+        self.scale_raw = nn.Parameter(torch.zeros(z_dim, z_dim) if full_rank else torch.zeros(z_dim))
+
+    def scale_tril(self) -> torch.Tensor:
+        """L: exp of the raw diagonal on the diagonal, the raw strictly lower triangle below it."""
+        if not self.full_rank:
+            return torch.diag(torch.exp(self.scale_raw))
+        return torch.tril(self.scale_raw, -1) + torch.diag(torch.exp(torch.diagonal(self.scale_raw)))
+
+    def sample(self, x: torch.Tensor) -> torch.Tensor:
+        eps = torch.randn(x.shape[0], self.z_dim, device=self.loc.device)
+        if not self.full_rank:
+            return self.loc + eps * torch.exp(self.scale_raw)
+        return self.loc + eps @ self.scale_tril().T
+
+    def kl_to_prior(self) -> torch.Tensor:
+        log_diag = torch.diagonal(self.scale_raw) if self.full_rank else self.scale_raw
+        fro = (self.scale_tril() ** 2).sum()
+        return 0.5 * (fro + (self.loc ** 2).sum() - self.z_dim) - log_diag.sum()
+
+    def forward(self, x: torch.Tensor, moments: Any = None) -> Step:
+        z = self.sample(x)
+        recon = self.recon(x, z)
+        kl = self.kl_to_prior().expand_as(recon)
+        return Step(primal=(recon + kl).mean() * self.loss_scale, adversary=None, recon=recon, kl=kl)

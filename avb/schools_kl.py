@@ -29,7 +29,8 @@ from typing import TYPE_CHECKING, Any, Callable
 import numpy as np
 import torch
 
-from . import io, knn, published
+from . import io, knn
+from .report import published
 
 if TYPE_CHECKING:
     import pandas as pd

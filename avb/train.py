@@ -1,4 +1,5 @@
-"""The one training loop for every method (nanoGPT-style: plain and linear).
+"""The one training loop for every method and experiment (nanoGPT-style: plain and linear), and the one entry that
+seeds, builds and fits any run config (``train``; ``setup`` is its first half).
 
 Each iteration draws one batch, computes the method's primal and adversary losses from the same forward pass, and
 applies both Adam updates at once (the official ``get_train_op``). With ``adversary_steps = k > 1`` the adversary gets
@@ -37,9 +38,9 @@ from typing import Any, Callable, Iterator, Protocol, Sequence
 import torch
 from tqdm.auto import tqdm
 
-from . import data, io
-from .config import check_data
-from .objectives import Method, Step, build
+from . import io
+from .experiments import batches as make_batches, build
+from .objectives import Method, Step
 
 log = logging.getLogger("avb.train")
 METRIC_FIELDS = ["step", "loss_primal", "loss_adversary", "elbo", "recon", "kl", "adv_accuracy", "images_per_s"]
@@ -61,10 +62,6 @@ def resolve_device(name: str) -> torch.device:
     if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     return torch.device(name)
-
-
-def build_model(run: dict[str, Any]) -> Method:
-    return build(run["method"], run["z_dim"], **run["model"])
 
 
 def make_optimizers(model: Method, tr: dict[str, Any]) -> tuple[torch.optim.Adam, torch.optim.Adam | None]:
@@ -133,19 +130,24 @@ def nonfinite_parameters(model: torch.nn.Module) -> list[str]:
         return [name for name, p in model.named_parameters() if not bool(torch.isfinite(p).all())]
 
 
-def train(run: dict[str, Any], out_dir: str | os.PathLike, progress: bool = True,
-          data_dir: str | os.PathLike | None = None) -> Path:
-    """Train one image-model run described by the resolved run config ``run``; returns the final model file.
-    ``data_dir`` (else ``run['data_dir']``, where present) is the explicit data folder (see ``avb.data``)."""
-    tr = run["train"]
-    device = resolve_device(tr["device"])
+def setup(run: dict[str, Any], data_dir: str | os.PathLike | None = None
+          ) -> tuple[Method, BatchSource, torch.Generator]:
+    """The start of every run: the global RNG seeded with ``run['seed']``, the data-order generator (``seed + 1``),
+    the training batches and the model (``avb.experiments``), on ``train.device``. Returns (model, batches,
+    generator) for ``fit``. ``data_dir`` (else ``run['data_dir']``, where present) is the explicit data folder of an
+    image run (see ``avb.data``)."""
+    device = resolve_device(run["train"]["device"])
     torch.manual_seed(run["seed"])
     data_gen = torch.Generator().manual_seed(run["seed"] + 1)
-    splits = data.load(run["dataset"], data_dir if data_dir is not None else run.get("data_dir"))
-    check_data(run, splits)  # the data the run config records by checksum (avb.config), wherever they were found
-    print(f"[avb] {run['dataset']}: data from {splits.source}", flush=True)
-    batches = data.Batches(splits, "train", tr["batch_size"], data_gen, device)
-    model = build_model(run).to(device)
+    batches = make_batches(run, data_gen, device, data_dir)
+    return build(run).to(device), batches, data_gen
+
+
+def train(run: dict[str, Any], out_dir: str | os.PathLike, progress: bool = True,
+          data_dir: str | os.PathLike | None = None) -> Path:
+    """Train the run described by the resolved run config ``run`` (any experiment: ``setup``, then ``fit``); returns
+    the final model file."""
+    model, batches, data_gen = setup(run, data_dir)
     return fit(model, batches, data_gen, run, out_dir, progress)
 
 
@@ -362,32 +364,6 @@ def write_metrics(rows: list[dict[str, float]], path: Path) -> None:
         w = csv.DictWriter(f, fieldnames=METRIC_FIELDS)
         w.writeheader()
         w.writerows(rows)
-
-
-def load_model(path: str | os.PathLike, device: str | torch.device = "cpu") -> tuple[Method, dict[str, Any]]:
-    """A trained model (in eval mode) and its run config from a ``model.pt`` or ``checkpoint.pt``.
-
-    Read with ``weights_only=True`` (``io.load_torch``); a file that does not describe a model of this package, or
-    whose parameters are not all finite, is an error naming it.
-    """
-    model, ck = load_weights(path, build_model, device)
-    return model, ck["run"]
-
-
-def load_weights(path, build, device, keys: tuple[str, ...] = ("run", "model"), what: str = "model"):
-    """The model ``build(run)`` with the weights of ``path`` (``weights_only=True``, on ``device``, eval mode) and the
-    whole checkpoint dict; weights that do not fit, or that are not finite, are an error naming the file."""
-    ck = io.load_torch(path, "cpu", keys)
-    try:
-        model = build(ck["run"]).to(device)
-        model.load_state_dict(ck["model"])
-    except (RuntimeError, KeyError, TypeError, ValueError) as err:
-        raise io.CorruptFile(f"{path}: its weights do not fit the {what} its run config describes "
-                             f"({type(err).__name__}: {str(err).splitlines()[0][:200]})") from None
-    bad = nonfinite_parameters(model)
-    if bad:
-        raise io.NonFiniteResult(f"{path}: parameters not finite ({', '.join(bad[:3])}); refusing to use the model")
-    return model.eval(), ck
 
 
 def read_run_config(path: str | os.PathLike) -> dict[str, Any]:

@@ -27,7 +27,7 @@ import time
 import torch
 
 from avb.ais import estimate_log_likelihood
-from avb.nets import Decoder
+from avb.nets import X_DIM, Decoder, mlp
 
 
 def main() -> None:
@@ -42,7 +42,7 @@ def main() -> None:
 
     torch.set_num_threads(1)
     torch.manual_seed(0)
-    dec = Decoder(z_dim=a.z_dim).eval()
+    dec = Decoder(mlp([a.z_dim, 300, 300, X_DIM], torch.nn.Softplus)).eval()  # the full0 decoder
     with torch.no_grad():  # binary images simulated from the decoder
         x = torch.bernoulli(torch.sigmoid(dec(torch.randn(a.images, a.z_dim))))
     n_steps = a.transitions + 1

@@ -1,6 +1,6 @@
 """Training throughput: the project's step (``avb.train.train_step``) against a bare hand-written PyTorch loop.
 
-Both sides train the same networks (``avb.objectives.build``: arch mlp, the official full0 sizes, hidden 300,
+Both sides train the same networks (``avb.experiments.build``: arch mlp, the official full0 sizes, hidden 300,
 eps_dim 32, 16 basis vectors; adversary widths of ``config/quick.yaml``, adv_hidden 256, adv_embed 256, 3 layers),
 z = 8, batch 128, on random binary batches made up front (no dataset I/O on either side), one CPU thread.
 
@@ -34,7 +34,8 @@ import torch.nn.functional as F
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from avb.objectives import AC_VAR_FLOOR, build  # noqa: E402
+from avb.experiments import build  # noqa: E402
+from avb.objectives import AC_VAR_FLOOR  # noqa: E402
 from avb.train import step_metrics, train_step  # noqa: E402
 
 METHODS = ("vae", "avb", "avb_ac")
@@ -128,7 +129,7 @@ def main(argv=None):
     overhead = {}
     for method in a.methods:
         torch.manual_seed(1)
-        model = build(method, Z_DIM, **MODEL)
+        model = build({"method": method, "z_dim": Z_DIM, "model": MODEL})
         proj, bare = Project(model), Bare(copy.deepcopy(model), method)
         chunk(proj, xs, a.warmup)
         steps = max(3, round(a.chunk * a.warmup / chunk(bare, xs, a.warmup)))

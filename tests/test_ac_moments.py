@@ -6,6 +6,7 @@ import pytest
 import torch
 
 from avb import evaluate as ev
+from avb import experiments as ex
 from avb import io
 from avb import objectives as ob
 from avb.nets import X_DIM
@@ -19,7 +20,7 @@ def ac_model() -> ob.Method:
     """A small AVB + AC model whose a_i(x) are shifted up, so Var[z|x] lies well above the 1e-4 floor (sigma ~ 0.1-0.2,
     trained full-size models: 0.04-0.07); at initialisation a_i ~ exp(-5) and sigma would be ~ 0.01 anyway."""
     torch.manual_seed(0)
-    model = ob.build("avb_ac", Z, **SMALL).eval()
+    model = ex.build({"method": "avb_ac", "z_dim": Z, "model": SMALL}).eval()
     with torch.no_grad():
         model.encoder.a.bias.add_(3.0)
     return model
@@ -32,17 +33,17 @@ def images(n: int, seed: int = 0) -> torch.Tensor:
 @torch.no_grad()
 def spread(model: ob.Method, x1: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """Standard deviations of the (mu, sigma) estimates of one image over R independent sets of K draws."""
-    reps = [model.ais_init(x1, ob.MomentDraws(K, torch.Generator().manual_seed(1000 + r))) for r in range(R)]
+    reps = [model.proposal(x1, ob.MomentDraws(K, torch.Generator().manual_seed(1000 + r))) for r in range(R)]
     return torch.stack([m for m, _ in reps]).std(0), torch.stack([s for _, s in reps]).std(0)
 
 
 @torch.no_grad()
-def test_ais_init_of_one_image_agrees_with_it_inside_a_batch():
+def test_proposal_of_one_image_agrees_with_it_inside_a_batch():
     """The same image alone and among 128 others gets the same r(z|x) up to Monte-Carlo error: the two estimates are
     independent, so their difference has sd sqrt(2) x the estimator's; 4 of those is the tolerance."""
     model, x = ac_model(), images(128)
-    mu1, s1 = model.ais_init(x[:1], ob.MomentDraws(K, torch.Generator().manual_seed(1)))
-    mu_b, s_b = model.ais_init(x, ob.MomentDraws(K, torch.Generator().manual_seed(2)))
+    mu1, s1 = model.proposal(x[:1], ob.MomentDraws(K, torch.Generator().manual_seed(1)))
+    mu_b, s_b = model.proposal(x, ob.MomentDraws(K, torch.Generator().manual_seed(2)))
     sd_mu, sd_s = spread(model, x[:1])
     tol_mu, tol_s = 4 * math.sqrt(2) * sd_mu[0], 4 * math.sqrt(2) * sd_s[0]
     assert (tol_s < 0.5 * s_b[0]).all()                       # the tolerance is not vacuous ...
@@ -50,7 +51,7 @@ def test_ais_init_of_one_image_agrees_with_it_inside_a_batch():
     assert ((mu1[0] - mu_b[0]).abs() <= tol_mu).all()
     assert ((s1[0] - s_b[0]).abs() <= tol_s).all()
     # The official in-batch estimate (training) differs by far more: one image gives Var = 0, sigma = 0.01.
-    _, s_official = model.ais_init(x[:1])
+    _, s_official = model.proposal(x[:1])
     assert torch.allclose(s_official, torch.full_like(s_official, FLOOR_STD))
     assert ((s_official[0] - s_b[0]).abs() > 2 * tol_s).all()
 
@@ -58,15 +59,15 @@ def test_ais_init_of_one_image_agrees_with_it_inside_a_batch():
 @torch.no_grad()
 def test_moment_draws_are_reproducible_and_the_official_estimator():
     model, x = ac_model(), images(16)
-    a = model.ais_init(x, ob.MomentDraws(K, torch.Generator().manual_seed(7)))
-    b = model.ais_init(x, ob.MomentDraws(K, torch.Generator().manual_seed(7)))
+    a = model.proposal(x, ob.MomentDraws(K, torch.Generator().manual_seed(7)))
+    b = model.proposal(x, ob.MomentDraws(K, torch.Generator().manual_seed(7)))
     assert torch.equal(a[0], b[0]) and torch.equal(a[1], b[1])
     # Given the batch's own noise as the moment draws, the estimate is exactly the in-batch one (training's).
     enc, eps = model.encoder, torch.randn(5, 16, SMALL["eps_dim"])
     for own, separate in zip(enc(x, eps), enc(x, eps, moment_eps=eps)):
         assert torch.allclose(own, separate, atol=1e-6)
     with pytest.raises(ValueError, match="2 noise draws"):
-        model.ais_init(x, ob.MomentDraws(1))
+        model.proposal(x, ob.MomentDraws(1))
 
 
 @pytest.mark.parametrize("arch", ["conv0", "conv1"])
@@ -74,7 +75,7 @@ def test_moment_draws_are_reproducible_and_the_official_estimator():
 def test_conv_ac_encoders_take_separate_moment_draws(arch):
     """The official conv0_ac / conv1_ac encoders share the noise-basis head: the batch's own noise given as moment
     draws reproduces the in-batch moments, and K draws give one image a non-degenerate sigma."""
-    model = ob.build("avb_ac", Z, **{**SMALL, "arch": arch}).eval()
+    model = ex.build({"method": "avb_ac", "z_dim": Z, "model": {**SMALL, "arch": arch}}).eval()
     x, eps = images(4), torch.randn(5, 4, SMALL["eps_dim"])
     for own, separate in zip(model.encoder(x, eps), model.encoder(x, eps, moment_eps=eps)):
         assert torch.allclose(own, separate, atol=1e-6)
@@ -129,7 +130,7 @@ def test_evaluation_gives_a_lone_image_the_moments_of_a_full_batch(ac_model_file
     model, x = ac_model(), ev.test_images({"dataset": "mnist"}, 9, settings["seed"])
     sd_s = spread(model, x[8:9])[1][0]
     with torch.no_grad():
-        _, s_ref = model.ais_init(x, ob.MomentDraws(K, torch.Generator().manual_seed(99)))
+        _, s_ref = model.proposal(x, ob.MomentDraws(K, torch.Generator().manual_seed(99)))
     lone = inits[1][1][1][0]
     assert (lone > 5 * FLOOR_STD).all()
     assert ((lone - s_ref[8]).abs() <= 4 * math.sqrt(2) * sd_s).all()

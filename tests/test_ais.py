@@ -14,11 +14,11 @@ import math
 import pytest
 import torch
 
-from avb import objectives
 from avb.ais import (estimate_log_likelihood, estimate_log_likelihood_reverse, rows_for_memory,
                      schedule_betas)
 from avb.bounds import IMPLICIT_NOTE, bdmc, iwae_bound, simulate_bernoulli
 from avb.evaluate import iwae_per_image
+from avb.experiments import build
 
 EASY = dict(d=2, D=6, s=1.0, w_scale=0.6)  # posterior std 0.48 / 0.68: prior -> posterior is a moderate path
 
@@ -282,8 +282,7 @@ def test_results_do_not_depend_on_the_chunking(adapt):
 
 def test_memory_budget_sizes_the_chunks():
     """rows_for_memory grows linearly with the budget and counts the decoder's activations (~3 KiB a row here)."""
-    from avb.nets import Decoder
-    dec = Decoder(z_dim=8, hidden=64)
+    dec = build({"method": "vae", "z_dim": 8, "model": {"hidden": 64}}).decoder  # the full0 decoder, 64 wide
     x = torch.bernoulli(torch.full((5, 784), 0.5))
     r1, r4 = (rows_for_memory(dec.log_likelihood, x, 8, mb) for mb in (1, 4))
     assert 3.9 < r4 / r1 < 4.1
@@ -300,14 +299,14 @@ def test_iwae_per_model_is_nan_for_the_implicit_encoder():
     x = torch.bernoulli(torch.full((6, 784), 0.3))
     small = dict(hidden=16, eps_dim=4, eps_nbasis=2, adv_hidden=8, adv_embed=8, adv_layers=1)
     for method in ("vae", "avb", "avb_ac"):
-        model = objectives.build(method, 2, **small).eval()
-        init = model.ais_init(x)
-        values, note = iwae_per_image(model, method, x, init, 5, torch.Generator().manual_seed(0), None)
+        model = build({"method": method, "z_dim": 2, "model": small}).eval()
+        init = model.proposal(x)
+        values, note = iwae_per_image(model, x, init, 5, torch.Generator().manual_seed(0), None)
         if method == "avb":
             assert torch.isnan(torch.as_tensor(values)).all() and note == IMPLICIT_NOTE
         else:
             assert torch.isfinite(torch.as_tensor(values)).all() and "proposal" in note
-    x_sim, z_sim = simulate_bernoulli(objectives.build("vae", 2, **small).decoder, 4, 2,
+    x_sim, z_sim = simulate_bernoulli(build({"method": "vae", "z_dim": 2, "model": small}).decoder, 4, 2,
                                       torch.Generator().manual_seed(0))
     assert x_sim.shape == (4, 784) and z_sim.shape == (4, 2) and set(x_sim.unique().tolist()) <= {0.0, 1.0}
 

@@ -5,7 +5,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from avb import claims, published
+from avb.report import claims, published
 
 
 def test_verdict_is_inconclusive_when_the_interval_covers_both_answers():
@@ -36,7 +36,7 @@ def test_mnist_claims_are_paired_over_images(tmp_path):
     assert math.isclose(row.ours_value, 1.0 + noise.mean(), rel_tol=1e-9)
     assert math.isclose(row.ours_ci95, 1.959964 * noise.std(ddof=1) / 20, rel_tol=1e-6)
     assert row.verdict == "replicated"
-    assert "−89.6 vs −90.9: +1.3" == row.paper  # from avb.published, not typed
+    assert "−89.6 vs −90.9: +1.3" == row.paper  # from avb.report.published, not typed
     assert df.loc["Plain AVB's adversarial bound above its own AIS estimate, 8-dim"].verdict == "replicated"
     gap = df.loc["ELBO-to-AIS gap of AVB + AC below the VAE's, 8-dim"]
     assert math.isclose(gap.ours_value, 7.0 - 3.0) and gap.verdict == "replicated"

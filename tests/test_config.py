@@ -8,7 +8,8 @@ import pytest
 import yaml
 
 from avb import config as C
-from avb import publish
+from avb import jobs as J
+from avb.report import publish
 from snakemake_helpers import snakemake
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -141,49 +142,49 @@ def test_odd_but_valid_paths_are_accepted():
 # ------------------------------------------------------------------------------------------ what each job tracks
 def test_training_tracks_only_the_keys_its_method_reads():
     cfg = C.validate({"preset": "x", "methods": ["vae", "avb", "avb_ac"], "data_dir": "/somewhere", "model": SMALL})
-    vae, avb, ac = (C.train_config(cfg, "mnist", m, 2, 0) for m in ("vae", "avb", "avb_ac"))
+    vae, avb, ac = (J.train_config(cfg, "mnist", m, 2, 0) for m in ("vae", "avb", "avb_ac"))
     assert not {k for k in vae["model"] if k.startswith("adv_")} and "eps_dim" not in vae["model"]
     assert "eps_nbasis" not in vae["model"] and "conv0_decoder_act" not in vae["model"]
     assert "lr_adversary" not in vae["train"] and "adversary_steps" not in vae["train"]
     assert "eps_nbasis" not in avb["model"] and avb["model"]["eps_dim"] == 4 and avb["train"]["adversary_steps"] == 1
     assert ac["model"]["eps_nbasis"] == 2 and ac["model"]["adv_hidden"] == 8
     for run in (vae, avb, ac):   # the data by identity, not by folder
-        assert "data_dir" not in run and run["data_sha256"] == C.DATASET_SHA256["mnist"]
+        assert "data_dir" not in run and run["data_sha256"] == J.DATASET_SHA256["mnist"]
     conv = C.validate({"preset": "x", "model": {"arch": "conv1", "adv_arch": "conv1"}})
-    assert C.train_config(conv, "mnist", "avb", 8, 0)["model"] == {"arch": "conv1", "eps_dim": 32, "adv_arch": "conv1"}
+    assert J.train_config(conv, "mnist", "avb", 8, 0)["model"] == {"arch": "conv1", "eps_dim": 32, "adv_arch": "conv1"}
 
 
 @pytest.mark.parametrize("method", ["vae", "avb", "avb_ac"])
 @pytest.mark.parametrize("arch, adv_arch", [("mlp", "conv0"), ("conv0", "conv0"), ("conv1", "conv1")])
 def test_dropped_model_keys_are_unread(method, arch, adv_arch):
     """The networks built from the tracked keys alone equal those built from every key: nothing dropped was read."""
-    from avb.objectives import build
+    from avb.experiments import build
 
     model = {**SMALL, "arch": arch, "adv_arch": adv_arch, "conv0_decoder_act": "elu", "hidden": 7}
-    kept = {k: v for k, v in model.items() if k not in C.unread_model_keys(method, model)}
-    shapes = [{k: tuple(v.shape) for k, v in build(method, 2, **m).state_dict().items()} for m in (model, kept)]
+    kept = {k: v for k, v in model.items() if k not in J.unread_model_keys(method, model)}
+    shapes = [{k: tuple(v.shape) for k, v in build({"method": method, "z_dim": 2, "model": m}).state_dict().items()} for m in (model, kept)]
     assert shapes[0] == shapes[1]
 
 
 def test_convergence_tracks_its_own_budgets_not_the_main_evaluation():
     a = C.validate({"preset": "x", "eval": {"n_test": 100, "ais_steps": 10}})
     b = C.validate({"preset": "x", "eval": {"n_test": 200, "ais_steps": 20, "batch_size": 64, "iwae_samples": 0}})
-    assert C.convergence_config(a, "mnist", "avb", 8, 0) == C.convergence_config(b, "mnist", "avb", 8, 0)
-    assert C.eval_config(a, "mnist", "avb", 8, 0) != C.eval_config(b, "mnist", "avb", 8, 0)
+    assert J.convergence_config(a, "mnist", "avb", 8, 0) == J.convergence_config(b, "mnist", "avb", 8, 0)
+    assert J.eval_config(a, "mnist", "avb", 8, 0) != J.eval_config(b, "mnist", "avb", 8, 0)
     c = C.validate({"preset": "x", "eval": {"ais_chains": 3}})
-    assert C.convergence_config(c, "mnist", "avb", 8, 0)["eval"]["ais_chains"] == 3
-    assert "ac_moment_draws" not in C.eval_config(a, "mnist", "vae", 8, 0)  # read for AVB + AC only
-    assert "ac_moment_draws" in C.eval_config(a, "mnist", "avb_ac", 8, 0)
+    assert J.convergence_config(c, "mnist", "avb", 8, 0)["eval"]["ais_chains"] == 3
+    assert "ac_moment_draws" not in J.eval_config(a, "mnist", "vae", 8, 0)  # read for AVB + AC only
+    assert "ac_moment_draws" in J.eval_config(a, "mnist", "avb_ac", 8, 0)
 
 
 def test_dataset_checksums_are_those_of_the_loaded_data():
     from avb import data
 
     splits = data.load("mnist")
-    assert C.data_sha256(splits) == C.DATASET_SHA256["mnist"]
-    C.check_data({"dataset": "mnist", "data_sha256": C.DATASET_SHA256["mnist"]}, splits)
+    assert J.data_sha256(splits) == J.DATASET_SHA256["mnist"]
+    J.check_data({"dataset": "mnist", "data_sha256": J.DATASET_SHA256["mnist"]}, splits)
     with pytest.raises(C.ConfigError, match="other data than the run was set up for"):
-        C.check_data({"dataset": "mnist", "data_sha256": C.DATASET_SHA256["fashion_mnist"]}, splits)
+        J.check_data({"dataset": "mnist", "data_sha256": J.DATASET_SHA256["fashion_mnist"]}, splits)
 
 
 def test_no_rule_passes_settings_or_an_unquoted_path_on_its_command_line():
@@ -248,3 +249,92 @@ def test_staged_render_replaces_nothing_when_it_fails(tmp_path):
     assert (out / "replication.md").read_text() == "new report" and (out / "figures/f.png").read_bytes() == b"png"
     assert (out / "README.md").read_text() == "kept" and (out / "tables/t.tex").read_text() == "old table"
     assert sorted(p.name for p in tmp_path.iterdir()) == ["paper"]
+
+
+# ----------------------------------------------------------------------------- one config flow: the schema only
+def test_a_job_checks_its_file_against_the_schema_section_not_a_fake_preset():
+    # defaults and checks come from the schema's definition of the section, with key paths as in a preset
+    assert C.section("eval", {"ais_steps": 7}, "f.json") == {**C.defaults("eval"), "ais_steps": 7}
+    assert C.section("toy.eval", {}, "f.json") == C.validate({"preset": "x"})["toy"]["eval"]
+    with pytest.raises(C.ConfigError, match=r"invalid f\.json:\n  schools\.gold\.chains: 2 is less than"):
+        C.section("schools", {"gold": {"chains": 2}}, "f.json")
+    with pytest.raises(C.ConfigError, match=r"report\.n_samples: nan is not a finite number"):
+        C.section("report", {"n_samples": float("nan")}, "f.json")
+    # a file the pipeline wrote is complete: it passes unchanged
+    cfg = C.validate({"preset": "x"})
+    ev = J.eval_config(cfg, "mnist", "avb_ac", 8, 0)
+    assert C.section("eval", ev, "eval_config.json") == ev
+
+
+def test_renamed_toy_key_is_an_error_naming_the_new_one():
+    msg = errors({"preset": "x", "toy": {"eval": {"knn_k": 5}}})
+    assert "toy.eval.knn_k: renamed to toy.eval.kl_k (write `kl_k: 5`)" in msg
+    with pytest.raises(C.ConfigError, match=r"toy\.eval\.knn_k: renamed to toy\.eval\.kl_k"):
+        C.section("toy.eval", {"knn_k": 3}, "eval_config.json")
+    assert C.defaults("toy.eval")["kl_k"] == C.defaults("schools")["metrics"]["kl_k"] == 3
+
+
+def test_defaults_are_written_in_the_schema_only():
+    """The networks' builders take every model key from the run config or the schema: no keyword defaults, no
+    DEFAULT_* tables beside the schema."""
+    import inspect
+
+    from avb import experiments, toy
+
+    assert [n for n, p in inspect.signature(experiments._images).parameters.items()
+            if p.default is not inspect.Parameter.empty] == []
+    assert not [name for name in vars(toy) if name.startswith("DEFAULT")]
+    # a run config holding only what its method reads builds the same networks as one with every key
+    small = J.train_config(C.validate({"preset": "x", "model": SMALL}), "mnist", "vae", 2, 0)
+    assert "eps_dim" not in small["model"]
+    full = {"method": "vae", "z_dim": 2, "model": {**C.defaults("model"), **SMALL}}
+    shapes = [{k: tuple(v.shape) for k, v in experiments.build(r).state_dict().items()} for r in (small, full)]
+    assert shapes[0] == shapes[1]
+
+
+def test_schools_jobs_read_only_their_keys():
+    s = C.validate({"preset": "x"})["schools"]
+    assert J.schools_jobs() == ["gold", "kl", "report", "fit_advi_meanfield", "fit_advi_fullrank", "fit_avb",
+                                "fit_avb_ac"]
+    assert set(J.schools_job_config(s, "gold")) == {"seed", "gold"}
+    assert set(J.schools_job_config(s, "kl")) == set(J.schools_job_config(s, "report")) == {"seed", "metrics"}
+    assert set(J.schools_job_config(s, "fit_advi_fullrank")) == {*J.SCHOOLS_FIT_KEYS, "advi"}
+    assert set(J.schools_job_config(s, "fit_avb_ac")) == {*J.SCHOOLS_FIT_KEYS, "avb"}
+    with pytest.raises(ValueError, match="unknown schools job 'fit_hmc'"):
+        J.schools_job_config(s, "fit_hmc")
+
+
+def test_wildcard_constraints_come_from_the_schema():
+    """No rule file restates the schema's choices (methods, datasets, toy and schools methods): its constraints are
+    built from them (avb.config.choices)."""
+    schema = C._schema()
+    assert C.choices("methods") == schema["$defs"]["method"]["enum"]
+    assert C.choices("datasets") == schema["$defs"]["dataset"]["enum"]
+    assert C.choices("toy.methods") == schema["properties"]["toy"]["properties"]["methods"]["items"]["enum"]
+    assert C.choices("schools.methods") == schema["properties"]["schools"]["properties"]["methods"]["items"]["enum"]
+    values = {v for name in ("methods", "datasets", "toy.methods", "schools.methods") for v in C.choices(name)}
+    for path in [ROOT / "Snakefile", *(ROOT / "workflow/rules").glob("*.smk")]:
+        text = path.read_text()
+        assert not [v for v in values if re.search(rf"""["']{v}["']""", text)], path.name
+        assert not re.search(r"\b(mem_mb|runtime|gpu)=\d", text), path.name   # resources: from the config
+
+
+# -------------------------------------------------------------------------------------------------- the CLI
+def test_help_lists_every_command_on_one_line_and_version_is_the_package_version(capsys):
+    from importlib.metadata import version
+
+    from avb.cli import main
+
+    with pytest.raises(SystemExit) as info:
+        main(["--help"])
+    assert info.value.code == 0
+    out = capsys.readouterr().out
+    commands = ["train", "evaluate", "convergence", "report", "figures", "schools", "toy", "paper", "claims",
+                "readme", "check-config"]
+    for cmd in commands:
+        line = re.search(rf"^    {re.escape(cmd)} +(\S.*)$", out, re.M)
+        assert line and len(line.group(1)) > 10, (cmd, out)
+    assert len(re.findall(r"^    [a-z-]+ +\S", out, re.M)) == len(commands)   # one line each, none wrapped
+    with pytest.raises(SystemExit):
+        main(["--version"])
+    assert capsys.readouterr().out.strip() == f"avb-replication {version('avb-replication')}"

@@ -26,8 +26,10 @@ import pytest
 import torch
 import yaml
 
-from avb import data, io, tables, toy
+from avb import data, io
 from avb import train as tr
+from avb.experiments import load_model
+from avb.report import tables
 from test_train import run_config as _tiny_run
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -142,7 +144,7 @@ def train_with(run, out, wrap=lambda b: b):
     torch.manual_seed(run["seed"])
     gen = torch.Generator().manual_seed(run["seed"] + 1)
     batches = wrap(data.Batches(data.load("mnist"), "train", run["train"]["batch_size"], gen))
-    tr.fit(tr.build_model(run), batches, gen, run, out, progress=False)
+    tr.fit(tr.build(run), batches, gen, run, out, progress=False)
     return batches
 
 
@@ -286,7 +288,7 @@ def test_the_payload_is_real(fmt, tmp_path):
 
 
 @pytest.mark.parametrize("fmt", FORMATS)
-@pytest.mark.parametrize("target", ["checkpoint", "checkpoint.prev", "train.load_model", "toy.load_model",
+@pytest.mark.parametrize("target", ["checkpoint", "checkpoint.prev", "load_model", "figures",
                                     "evaluate"])
 def test_crafted_pickle_never_runs(target, fmt, tmp_path, ledger):
     """Never executed, and an error naming the file: UnsafeFile where torch's unpickler meets the payload, else
@@ -306,10 +308,11 @@ def test_crafted_pickle_never_runs(target, fmt, tmp_path, ledger):
         else:
             path = crafted(out / "model.pt", marker, fmt)
             with pytest.raises(refused, match=str(path)):
-                if target == "train.load_model":
-                    tr.load_model(path)
-                elif target == "toy.load_model":
-                    toy.load_model(path)
+                if target == "load_model":
+                    load_model(path)
+                elif target == "figures":
+                    from avb.report import figures
+                    figures.sample_grid(path, 4)
                 else:
                     from avb.evaluate import evaluate
                     evaluate(path, eval_settings(), tmp_path / "e.csv", tmp_path / "e.json", progress=False)
@@ -463,7 +466,7 @@ def test_slurm_profile_signals_the_training_process():
     from snakemake_executor_plugin_slurm.submit_string import get_submit_command
     from snakemake_executor_plugin_slurm.validation import validate_slurm_extra
 
-    prof = yaml.safe_load((ROOT / "workflow/profiles/slurm/config.yaml").read_text())
+    prof = yaml.safe_load((ROOT / "profiles/slurm/config.yaml").read_text())
     extra = prof["default-resources"]["slurm_extra"]
     value = ast.literal_eval(extra)  # Snakemake evaluates resource expressions: the quotes make it a string
     assert value.startswith("--signal=TERM@") and "B:" not in value
@@ -562,7 +565,7 @@ def test_a_model_with_nonfinite_parameters_is_refused(tmp_path, ledger):
         d["model"][k].view(-1)[0] = math.nan
         torch.save(d, model)
         with pytest.raises(io.NonFiniteResult, match=str(model)):
-            tr.load_model(model)
+            load_model(model)
 
 
 @pytest.mark.parametrize("value", [math.nan, math.inf, None])

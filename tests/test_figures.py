@@ -5,9 +5,10 @@ import numpy as np
 import pytest
 import torch
 
-from avb import cli, figures, io
-from avb import objectives as ob
+from avb import cli, io
 from avb import evaluate as ev
+from avb import experiments as ex
+from avb.report import figures
 
 Z, SEED = 3, 5
 SMALL = dict(arch="mlp", hidden=16, eps_dim=4, eps_nbasis=2, adv_hidden=8, adv_embed=8, adv_layers=1)
@@ -18,15 +19,15 @@ def model_files(tmp_path_factory):
     """Untrained small models of each method, saved as model.pt (the figures only need a decoder and an encoder)."""
     out = tmp_path_factory.mktemp("models")
     paths = {}
-    for method in ob.METHODS:
+    for method in ex.METHODS:
         torch.manual_seed(0)
         run = {"method": method, "dataset": "mnist", "z_dim": Z, "seed": 0, "data_dir": None, "model": SMALL,
                "train": {"steps": 0, "batch_size": 32}}
-        model = ob.build(method, Z, **SMALL)
+        model = ex.build(run)
         with torch.no_grad():  # untrained AVB heads start at std 1e-5 (z ~ 0 for every image): spread the codes,
             enc = model.encoder  # and the decoder's outputs, so that different codes decode to different images
             if method == "avb":
-                enc.out.weight.normal_(0.0, 0.3)
+                enc.net.out.weight.normal_(0.0, 0.3)
             elif method == "avb_ac":
                 enc.z0.weight.normal_(0.0, 0.3)
                 enc.a.bias.add_(3.0)
@@ -45,7 +46,7 @@ def test_interpolate_is_the_official_line_from_z2_to_z1():
         assert torch.allclose(path[:, j], alpha[j] * z1 + (1 - alpha[j]) * z2)
 
 
-@pytest.mark.parametrize("method", ob.METHODS)
+@pytest.mark.parametrize("method", ex.METHODS)
 def test_interpolation_endpoints_decode_from_the_two_images_codes(model_files, method):
     """Row i runs from the decoded code of test image 8 + i to that of test image i; each code is one draw of
     q(z|x) (VAE: mean + std * eps; AVB: the encoder at one noise draw), reproducible from the seed."""

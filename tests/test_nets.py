@@ -1,13 +1,15 @@
-"""Networks of every arch: shapes, hand-derived parameter counts, TF 'SAME' geometry, activations and centring."""
+"""Networks of every arch: shapes, hand-derived parameter counts, TF 'SAME' geometry, activations and centring;
+the shared blocks (init helper, residual adversary) and the state-dict names of checkpoints written before them."""
 import functools
 
 import pytest
 import torch
 import torch.nn.functional as F
 
+from avb import experiments as ex
 from avb import objectives as ob
 from avb.convnets import Conv2dSame, ConvTranspose2dSame
-from avb.nets import X_DIM
+from avb.nets import X_DIM, init_, linear
 
 Z, E, M = 8, 32, 4            # z_dim, eps_dim, eps_nbasis
 AH, AEMB, AL = 16, 32, 2      # small conv0 adversary: hidden width, inner-product dim, hidden layers
@@ -66,10 +68,11 @@ def binary_x(n: int = B) -> torch.Tensor:
 @functools.lru_cache(maxsize=None)
 def model(arch: str, method: str, **kw: str) -> ob.Method:
     """Built once per configuration (tests remove every hook they add)."""
-    return ob.build(method, Z, arch=arch, eps_dim=E, eps_nbasis=M, **{**SMALL_ADV, **kw})
+    return ex.build({"method": method, "z_dim": Z, "model": {"arch": arch, "eps_dim": E, "eps_nbasis": M,
+                                                             **SMALL_ADV, **kw}})
 
 
-@pytest.mark.parametrize("arch", ob.ARCHS)
+@pytest.mark.parametrize("arch", ex.ARCHS)
 def test_decoder_shapes_and_parameter_count(arch):
     dec = model(arch, "vae").decoder
     assert n_params(dec) == PARAMS[arch, "decoder"]
@@ -78,8 +81,8 @@ def test_decoder_shapes_and_parameter_count(arch):
     assert dec.log_likelihood(x, z).shape == (B,)
 
 
-@pytest.mark.parametrize("arch", ob.ARCHS)
-@pytest.mark.parametrize("method", ob.METHODS)
+@pytest.mark.parametrize("arch", ex.ARCHS)
+@pytest.mark.parametrize("method", ex.METHODS)
 def test_encoder_shapes_and_parameter_count(arch, method):
     enc = model(arch, method).encoder
     assert n_params(enc) == PARAMS[arch, method]
@@ -92,7 +95,7 @@ def test_encoder_shapes_and_parameter_count(arch, method):
         assert [o.shape for o in out] == [(B, Z)] * (2 if method == "vae" else 3)
 
 
-@pytest.mark.parametrize("adv_arch", ob.ADV_ARCHS)
+@pytest.mark.parametrize("adv_arch", ex.ADV_ARCHS)
 def test_adversary_shapes_and_parameter_count(adv_arch):
     adv = model("mlp", "avb", adv_arch=adv_arch).adversary
     assert n_params(adv) == ADV_PARAMS[adv_arch]
@@ -188,13 +191,13 @@ def test_conv0_decoder_rejects_unknown_activation():
         model("conv0", "vae", conv0_decoder_act="tanh")
 
 
-@pytest.mark.parametrize("arch", ob.ARCHS)
-@pytest.mark.parametrize("method", ob.METHODS)
+@pytest.mark.parametrize("arch", ex.ARCHS)
+@pytest.mark.parametrize("method", ex.METHODS)
 def test_encoders_centre_x(arch, method):
     """The first layer that sees x gets 2x - 1 (for the full0 AVB encoder: 2x - 1 + Linear(eps))."""
     enc = model(arch, method).encoder
     if arch == "mlp":
-        first = enc.fc[0] if method == "avb" else enc.body[0]
+        first = enc.net.fc[0] if method == "avb" else enc.body[0]
     else:
         first = next(m for m in enc.modules() if isinstance(m, Conv2dSame))
     seen: list[torch.Tensor] = []
@@ -207,7 +210,7 @@ def test_encoders_centre_x(arch, method):
         hook.remove()
     expected = 2 * x - 1
     if arch == "mlp" and method == "avb":
-        expected = expected + enc.add[0](eps)
+        expected = expected + enc.net.add[0](eps)
     assert torch.allclose(seen[0], expected.view_as(seen[0]), atol=1e-6)
 
 
@@ -217,8 +220,78 @@ def test_avb_conv_encoder_noise_enters_as_coded(arch):
     enc = model(arch, "avb").encoder
     x, eps = binary_x(), torch.randn(B, E)
     h = (2 * x - 1).view(B, 1, 28, 28)
-    for layer in enc.convs.layers:
+    for layer in enc.net.convs.layers:
         c = layer.conv(h)
         noise = layer.cond(eps).view_as(c)
         h = F.elu(c + noise) if arch == "conv0" else F.elu(c) + noise
-    assert torch.allclose(enc(x, eps), enc.head(h.flatten(1)), atol=1e-5)
+    assert torch.allclose(enc(x, eps), enc.net.head(h.flatten(1)), atol=1e-5)
+
+
+def test_init_helper_modes():
+    torch.manual_seed(0)
+    xavier, trunc = linear(300, 40), linear(300, 40, init=1e-5)
+    bound = (6 / (300 + 40)) ** 0.5  # Xavier-uniform
+    assert 0.9 * bound < xavier.weight.abs().max() <= bound and not xavier.bias.any()
+    assert trunc.weight.abs().max() <= 2e-5 and trunc.weight.std() < 1e-5 and not trunc.bias.any()
+    for init in ("zero", "zero_after_xavier"):
+        layer = linear(5, 3, init)
+        assert not layer.weight.any() and not layer.bias.any()
+    # "zero_after_xavier" draws as "xavier" does (the toy adversary's random stream), "zero" draws nothing more
+    streams = []
+    for init in ("xavier", "zero_after_xavier", "zero"):
+        torch.manual_seed(1)
+        linear(7, 7, init)
+        streams.append(torch.rand(3))
+    assert torch.equal(streams[0], streams[1]) and not torch.equal(streams[0], streams[2])
+    assert init_(torch.nn.Conv2d(1, 2, 3, bias=False)).bias is None
+    with pytest.raises(ValueError, match="unknown init"):
+        linear(2, 2, "orthogonal")
+
+
+def _old_names(state: dict, renames: list[tuple[str, str]]) -> dict:
+    """A state dict with the names the networks had before the blocks were shared (issue 14)."""
+    out = {}
+    for k, v in state.items():
+        for new, old in renames:
+            k = k.replace(new, old)
+        out[k] = v
+    return out
+
+
+@pytest.mark.parametrize("arch", ex.ARCHS)
+def test_avb_encoders_load_checkpoints_with_their_earlier_names(arch, tmp_path):
+    """The full0 encoder's add/fc/out and the conv encoders' convs/head now sit under ``encoder.net``: weights saved
+    under the earlier names load into the same values, also through ``load_model`` (weights_only)."""
+    from avb import io
+    torch.manual_seed(0)
+    a = model(arch, "avb")
+    torch.manual_seed(1)
+    b = ex.build({"method": "avb", "z_dim": Z, "model": {"arch": arch, "eps_dim": E, "eps_nbasis": M, **SMALL_ADV}})
+    old = _old_names(a.state_dict(), [("encoder.net.", "encoder.")])
+    assert any(k.startswith(("encoder.add.", "encoder.convs.")) for k in old)
+    b.load_state_dict(old)
+    assert all(torch.equal(v, b.state_dict()[k]) for k, v in a.state_dict().items())
+    run = {"method": "avb", "z_dim": Z, "model": {"arch": arch, "eps_dim": E, "eps_nbasis": M, **SMALL_ADV}}
+    io.save_torch({"run": run, "step": 0, "model": old}, tmp_path / "model.pt")
+    loaded, _ = ex.load_model(tmp_path / "model.pt")
+    x, eps = binary_x(), torch.randn(B, E)
+    a.eval()
+    assert torch.equal(loaded.encoder(x, eps), a.encoder(x, eps))
+
+
+def test_schools_adversary_loads_checkpoints_with_its_earlier_names():
+    from avb import schools
+    run = schools.run_config({"seed": 0, "device": "cpu", "n_samples": 100,
+                              "avb": {"steps": 1, "batch_size": 8, "lr": 1e-4, "adam_beta1": 0.5, "hidden": 8,
+                                      "noise_dim": 4, "adv_hidden": 8, "adv_blocks": 2, "ac_floor": 1e-6,
+                                      "ac_floor_mode": "std", "checkpoint_every": 1, "log_every": 1}}, "avb")
+    torch.manual_seed(0)
+    a = ex.build(run)
+    with torch.no_grad():
+        for p in a.parameters():
+            p.normal_()
+    old = _old_names(a.state_dict(), [("adversary.res0.", "adversary.r0."), ("adversary.res1.", "adversary.r1.")])
+    assert "adversary.r1.0.weight" in old and "adversary.res1.0.weight" not in old
+    b = ex.build(run)
+    b.load_state_dict(old)
+    assert all(torch.equal(v, b.state_dict()[k]) for k, v in a.state_dict().items())

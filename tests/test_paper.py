@@ -7,7 +7,7 @@ import pandas as pd
 import pytest
 
 from avb import config as avb_config
-from avb import latex, paper, tables
+from avb.report import latex, paper, tables
 
 from test_tables import runs
 

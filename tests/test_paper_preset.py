@@ -11,6 +11,7 @@ from pathlib import Path
 import pytest
 
 from avb import config as C
+from avb import jobs as J
 from snakemake_helpers import job_stats, snakemake
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -66,7 +67,7 @@ def test_each_row_resolves_to_its_launch_script(paper, row):
         assert run["eval"]["ac_moment_draws"] is None   # = train.batch_size, the scripts' in-batch moments
         assert run["eval"]["n_test"] == 2048            # identical test images for every row (a listed departure)
         # what the run trains with is the script's too (config.json holds these keys only)
-        tracked = C.train_config(paper, "mnist", script["method"], script["z_dim"], seed)
+        tracked = J.train_config(paper, "mnist", script["method"], script["z_dim"], seed)
         assert tracked["model"]["arch"] == script["arch"] and tracked["train"]["lr"] == script["lr"]
         assert ("eps_nbasis" in tracked["model"]) == (script["method"] == "avb_ac")
 

@@ -1,7 +1,12 @@
-"""The Snakemake pipeline end to end on a tiny config, and config validation."""
+"""The Snakemake pipeline end to end on a tiny config, config validation, the default profile, every rule's
+resources from the config, `make`'s command line, and the workflow imported into another one as a module."""
 import json
 import os
 import re
+import signal
+import subprocess
+import sys
+import time
 from pathlib import Path
 
 import pandas as pd
@@ -162,3 +167,148 @@ def test_schema_fills_defaults_and_rejects_bad_values():
 @pytest.mark.parametrize("preset", sorted(p.name for p in (ROOT / "config").glob("*.yaml")))
 def test_shipped_presets_are_valid(preset):
     avb_config.load(ROOT / "config" / preset)
+
+
+# ------------------------------------------------------------------------- profiles/default, loaded by Snakemake
+@pytest.mark.slow
+def test_default_profile_is_loaded_a_killed_job_reruns_under_a_plain_call(tmp_path):
+    """profiles/default (beside the Snakefile) applies without --profile: after a hard kill, the plain call reruns the
+    incomplete job (its rerun-incomplete), where the same call without the profile refuses to trust it."""
+    cfg = tmp_path / "prof.yaml"
+    cfg.write_text(yaml.safe_dump({**TINY, "preset": "prof", "methods": ["vae"], "convergence": {"enabled": False},
+                                   "train": {**TINY["train"], "steps": 1500, "checkpoint_every": 100}}))
+    run = Path("results/prof/runs/mnist/vae/z2/seed0")
+    target = str(run / "model.pt")
+    bin_dir = Path(sys.executable).parent
+    p = subprocess.Popen([str(bin_dir / "snakemake"), "-s", str(ROOT / "Snakefile"), "-d", str(tmp_path), "--cores",
+                          "1", target, "--configfile", str(cfg)], cwd=tmp_path, start_new_session=True,
+                         stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        t0 = time.monotonic()   # a deadline only: the kill waits for the first checkpoint, whenever it comes
+        while not ((tmp_path / run / "checkpoint.pt").exists() and (tmp_path / run / "train_metrics.csv").exists()) \
+                and p.poll() is None and time.monotonic() - t0 < 120:
+            time.sleep(0.05)
+        assert (tmp_path / run / "checkpoint.pt").exists(), "training never wrote a checkpoint"
+    finally:  # a crash: snakemake and its job die at once, nothing cleans up
+        os.killpg(p.pid, signal.SIGKILL)
+        p.wait()
+    assert not (tmp_path / target).exists()
+    assert run_snakemake(tmp_path, "--unlock", "--configfile", str(cfg)).returncode == 0
+    # Without the profile (--workflow-profile none) the incomplete outputs are refused ...
+    r = run_snakemake(tmp_path, "--cores", "1", target, "--configfile", str(cfg))
+    assert r.returncode != 0 and "IncompleteFilesException" in r.stdout + r.stderr
+    # ... a plain call (no --profile, no --cores: both from profiles/default) reruns the job, which resumes.
+    r = run_snakemake(tmp_path, target, "--configfile", str(cfg), default_profile=True)
+    out = r.stdout + r.stderr
+    assert r.returncode == 0, out[-3000:]
+    assert f"Using workflow specific profile {ROOT / 'profiles/default'}" in out
+    assert re.search(r"resuming \S+ from step [1-9]\d*", (tmp_path / run / "logs/train.log").read_text())
+    assert (tmp_path / target).exists()
+
+
+def test_slurm_profile_replaces_the_default_one(tmp_path):
+    """--workflow-profile profiles/slurm is the SLURM entry point: it replaces profiles/default (which would else
+    override its settings key by key), so the dry run uses the SLURM profile alone."""
+    cfg = tmp_path / "s.yaml"
+    cfg.write_text(yaml.safe_dump({**TINY, "preset": "s"}))
+    r = run_snakemake(tmp_path, "-n", "--workflow-profile", str(ROOT / "profiles/slurm"), "--executor", "local",
+                      "--cores", "1", "--configfile", str(cfg))
+    out = r.stdout + r.stderr
+    assert r.returncode == 0, out[-3000:]
+    assert f"workflow specific profile {ROOT / 'profiles/slurm'}" in out and "profiles/default" not in out
+
+
+def test_make_runs_snakemake_with_the_profile_and_args():
+    r = subprocess.run(["make", "-n", "quick", "ARGS=--dry-run --forceall"], cwd=ROOT, capture_output=True, text=True,
+                       timeout=60)
+    assert r.returncode == 0, r.stderr
+    cmd = r.stdout.strip().splitlines()[-1].split()
+    assert cmd[0].endswith("bin/snakemake") and cmd[1:3] == ["--workflow-profile", "profiles/default"]
+    assert cmd[3:] == ["--configfile", "config/quick.yaml", "--dry-run", "--forceall"]
+    r = subprocess.run(["make", "-n", "replicate", "PRESET=paper", "PROFILE=slurm", "CORES=8"], cwd=ROOT,
+                       capture_output=True, text=True, timeout=60)
+    cmd = r.stdout.strip().splitlines()[-1].split()
+    assert cmd[1:] == ["--workflow-profile", "profiles/slurm", "--cores", "8", "--configfile", "config/paper.yaml"]
+
+
+# ---------------------------------------------------------------------------------- resources, from the config
+# Each rule and the `resources` stage it reads (every rule of a preset with all experiments on, plus `paper`).
+STAGES = {"run_config": "settings", "eval_config": "settings", "convergence_config": "settings",
+          "report_config": "settings", "toy_run_config": "settings", "toy_eval_config": "settings",
+          "schools_settings": "settings", "paper_config": "settings", "train": "train", "evaluate": "evaluate",
+          "ais_convergence": "evaluate", "report": "report", "run_figures": "report", "claims": "claims",
+          "paper": "paper", "toy_train": "toy_train", "toy_evaluate": "toy_evaluate", "toy_report": "toy_report",
+          "schools_gold": "schools_gold", "schools_fit": "schools_fit", "schools_kl": "schools_kl",
+          "schools_report": "schools_report"}
+
+
+def test_every_rule_reads_its_resources_from_the_config(tmp_path):
+    stages = sorted(set(STAGES.values()))
+    gpu_stages = {"train", "evaluate", "toy_train", "toy_evaluate", "schools_fit"}
+    resources = {st: {"mem_mb": 1000 + 10 * i, "runtime": 100 + i, **({"gpu": 2 + i} if st in gpu_stages else {})}
+                 for i, st in enumerate(stages)}
+    cfg = tmp_path / "res.yaml"
+    cfg.write_text(yaml.safe_dump({
+        **TINY, "preset": "res", "methods": ["avb"], "resources": resources,
+        "train": {**TINY["train"], "device": "auto"}, "eval": {**TINY["eval"], "device": "cuda"},
+        "toy": {"enabled": True, "methods": ["avb"], "train": {"device": "auto"}, "eval": {"device": "cuda:0"}},
+        "schools": {"enabled": True, "methods": ["avb"], "device": "auto"}}))
+    r = snakemake(tmp_path, "-n", "all", "paper", "--configfile", str(cfg))
+    assert r.returncode == 0, r.stderr[-3000:]
+    seen = set()
+    for block in re.split(r"\n(?=(?:local)?rule \w+:\n)", r.stdout + r.stderr):
+        m = re.match(r"(?:local)?rule (\w+):\n", block)
+        if not m or m.group(1) == "all":
+            continue
+        rule = m.group(1)
+        res = dict(kv.split("=", 1) for kv in re.search(r"resources: (.*)", block).group(1).split(", "))
+        want = resources[STAGES[rule]]
+        assert (int(res["mem_mb"]), int(res["runtime"])) == (want["mem_mb"], want["runtime"]), (rule, res)
+        assert int(res.get("gpu", 0)) == want.get("gpu", 0), (rule, res)   # every job's device here is a GPU's
+        seen.add(rule)
+    assert seen == set(STAGES)
+
+
+# ------------------------------------------------------------------------------------ imported as a module
+HOST = """\
+rule host:
+    output: "host_env.txt"
+    shell: "env | grep -v '^_=' | sort > {output}; echo \\"shell options: $-\\" >> {output}"
+"""
+IMPORTING = """\
+module avb_pipeline:
+    snakefile: "%s"
+    config: %r
+
+use rule * from avb_pipeline as avb_*
+
+""" + HOST
+
+
+def test_workflow_imported_as_a_module_leaves_the_host_rules_alone(tmp_path):
+    """A host workflow that imports this one (Snakemake `module` / `use rule *`) gets its rules, which still run the
+    avb package of this checkout, while the host's own rules run in the shell and environment they would have without
+    it: no shell.prefix, no environment variable set."""
+    (tmp_path / "plain").mkdir()
+    (tmp_path / "plain/Snakefile").write_text(HOST)
+    (tmp_path / "host").mkdir()
+    cfg = {**TINY, "preset": "hosted", "methods": ["vae"], "convergence": {"enabled": False}}
+    (tmp_path / "host/Snakefile").write_text(IMPORTING % (ROOT / "Snakefile", cfg))
+    envs = {}
+    for name in ("plain", "host"):
+        d = tmp_path / name
+        r = run_snakemake(d, "--cores", "1", "host_env.txt", snakefile=d / "Snakefile")
+        assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
+        envs[name] = (d / "host_env.txt").read_text()
+    assert envs["host"] == envs["plain"].replace(str(tmp_path / "plain"), str(tmp_path / "host"))
+    assert "AVB" not in envs["host"] and "shell options:" in envs["host"]
+    # The imported rules are there and run: a settings job for real, a training job's command (dry run) with the
+    # checkout's package on PYTHONPATH.
+    run = "results/hosted/runs/mnist/vae/z2/seed0"
+    d = tmp_path / "host"
+    r = run_snakemake(d, "--cores", "1", f"{run}/config.json", snakefile=d / "Snakefile")
+    assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
+    assert json.loads((d / run / "config.json").read_text())["method"] == "vae"
+    r = run_snakemake(d, "-n", "-p", f"{run}/model.pt", snakefile=d / "Snakefile")
+    assert r.returncode == 0 and "rule avb_train:" in r.stdout, r.stdout[-3000:] + r.stderr[-3000:]
+    assert f"export PYTHONPATH={ROOT}" in r.stdout and "exec python -m avb.cli train" in r.stdout

@@ -3,7 +3,7 @@ import json
 
 import pytest
 
-from avb import provenance
+from avb.report import provenance
 
 
 def test_records_open_and_close_and_report_skips_paper_only_invocations(tmp_path):
@@ -61,3 +61,10 @@ def test_rewritten_outputs_do_not_flag_the_commit(tmp_path, monkeypatch):
     assert "uncommitted" not in provenance.commit()
     (tmp_path / "avb/ais.py").write_text("v2\n")
     assert provenance.commit().endswith(" (with uncommitted changes)")
+
+
+def test_git_runs_in_the_checkout_root():
+    """The module lives in avb/report/: git must still run at the checkout root, or ``git status -- .`` sees only
+    a subfolder and a change elsewhere goes unflagged."""
+    from pathlib import Path
+    assert provenance.ROOT == Path(__file__).resolve().parents[1]

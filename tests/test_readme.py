@@ -3,7 +3,7 @@ from pathlib import Path
 
 import pytest
 
-from avb import readme
+from avb.report import readme
 
 ROOT = Path(__file__).resolve().parent.parent
 # Values an earlier recollection presented as the paper's Table 2 (ELBO / gap columns that appear nowhere in it)
@@ -35,7 +35,8 @@ def test_update_rewrites_only_the_block(tmp_path):
 
 
 @pytest.mark.parametrize("path", ["README.md", "paper/replication.md", "results/cpu/table2.md",
-                                  "results/cpu/summary.md", "avb/published.py", "avb/tables.py", "avb/paper.py"])
+                                  "results/cpu/summary.md", "avb/report/published.py", "avb/report/tables.py",
+                                  "avb/report/paper.py"])
 def test_no_recollected_value_is_presented_as_published(path):
     file = ROOT / path
     if not file.exists():

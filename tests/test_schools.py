@@ -8,9 +8,12 @@ import pytest
 import torch
 from scipy import stats
 
+from avb import diagnostics, hmc
 from avb import schools as S
-from avb.ais import log_density_and_grad
-from avb.objectives import log_normal
+from avb.hmc import log_density_and_grad
+from avb.report import schools as schools_report
+from avb.experiments import build
+from avb.objectives import GaussianVI, log_normal
 
 
 @pytest.fixture(autouse=True)
@@ -83,30 +86,30 @@ def test_exact_posterior_is_converged_symmetric_and_its_marginal_likelihood_is_r
 def test_split_rhat_and_ess_on_iid_shifted_and_autocorrelated_chains():
     rng = np.random.default_rng(0)
     iid = rng.standard_normal((4, 2000, 3))
-    assert np.abs(S.split_rhat(iid) - 1).max() < 0.01
-    assert np.abs(S.rank_split_rhat(iid) - 1).max() < 0.01
+    assert np.abs(diagnostics.split_rhat(iid) - 1).max() < 0.01
+    assert np.abs(diagnostics.rank_split_rhat(iid) - 1).max() < 0.01
     shifted = iid + np.arange(4)[:, None, None] * 0.5
-    assert (S.split_rhat(shifted) > 1.1).all() and (S.rank_split_rhat(shifted) > 1.1).all()
+    assert (diagnostics.split_rhat(shifted) > 1.1).all() and (diagnostics.rank_split_rhat(shifted) > 1.1).all()
     trend = iid + np.linspace(0, 2, 2000)[None, :, None]  # non-stationary within chains: caught by the split
-    assert (S.split_rhat(trend) > 1.1).all()
-    ess = S.ess(iid)
+    assert (diagnostics.split_rhat(trend) > 1.1).all()
+    ess = diagnostics.ess(iid)
     assert ((ess > 0.85 * 8000) & (ess < 1.15 * 8000)).all()
     rho, ar = 0.8, np.empty((4, 4000))
     ar[:, 0] = rng.standard_normal(4) / math.sqrt(1 - rho ** 2)
     for t in range(1, 4000):
         ar[:, t] = rho * ar[:, t - 1] + rng.standard_normal(4)
     want = 16000 * (1 - rho) / (1 + rho)
-    assert 0.75 * want < S.ess(ar) < 1.25 * want
+    assert 0.75 * want < diagnostics.ess(ar) < 1.25 * want
 
 
 def test_energy_distance_is_zero_for_equal_sets_and_detects_a_shift():
     rng = np.random.default_rng(0)
     a, b = rng.standard_normal((500, 4)), rng.standard_normal((500, 4))
-    assert S.energy_distance(a, a) == pytest.approx(0.0, abs=1e-12)
-    same = S.energy_distance(a, b)
-    shifted = S.energy_distance(a, b + np.array([0.5, 0, 0, 0]))
+    assert diagnostics.energy_distance(a, a) == pytest.approx(0.0, abs=1e-12)
+    same = diagnostics.energy_distance(a, b)
+    shifted = diagnostics.energy_distance(a, b + np.array([0.5, 0, 0, 0]))
     assert 0 < same < 0.03 < shifted
-    assert S.energy_distance(b, a) == pytest.approx(same, rel=1e-9)
+    assert diagnostics.energy_distance(b, a) == pytest.approx(same, rel=1e-9)
 
 
 # ------------------------------------------------------------------------------------------------- gold standard
@@ -114,10 +117,10 @@ def test_energy_distance_is_zero_for_equal_sets_and_detects_a_shift():
 def test_hmc_recovers_a_conjugate_gaussian_posterior_within_its_reported_mc_error():
     loglik, mean, cov = linear_gaussian()
     target = log_density_and_grad(lambda z: loglik(z) + log_normal(z))
-    res = S.sample_hmc(target, 3, chains=8, warmup=200, draws=1000, leapfrog_steps=8, seed=0)
+    res = hmc.sample_hmc(target, 3, chains=8, warmup=200, draws=1000, leapfrog_steps=8, seed=0)
     d = res.draws
-    assert S.split_rhat(d).max() < 1.01
-    ess = S.ess(d)
+    assert diagnostics.split_rhat(d).max() < 1.01
+    ess = diagnostics.ess(d)
     flat = d.reshape(-1, 3)
     sd = np.sqrt(np.diag(cov))
     z_mean = (flat.mean(0) - mean) / (sd / np.sqrt(ess))          # in units of the reported MC standard error
@@ -125,7 +128,7 @@ def test_hmc_recovers_a_conjugate_gaussian_posterior_within_its_reported_mc_erro
     # covariance: each element is the mean of the draws' products (z_i - m_i)(z_j - m_j); its MC error uses the
     # ESS of those products (HMC mixes second moments more slowly than means)
     prod = (d - mean)[..., :, None] * (d - mean)[..., None, :]               # [chains, draws, 3, 3]
-    se_cov = prod.reshape(-1, 3, 3).std(0) / np.sqrt(S.ess(prod.reshape(*d.shape[:2], 9)).reshape(3, 3))
+    se_cov = prod.reshape(-1, 3, 3).std(0) / np.sqrt(diagnostics.ess(prod.reshape(*d.shape[:2], 9)).reshape(3, 3))
     c = prod.reshape(-1, 3, 3).mean(0)
     assert np.abs((c - cov) / se_cov).max() < 4, (c, cov)
     assert ((res.accept_prob > 0.6) & (res.accept_prob < 0.99)).all()
@@ -134,13 +137,13 @@ def test_hmc_recovers_a_conjugate_gaussian_posterior_within_its_reported_mc_erro
 @pytest.mark.slow
 def test_eight_schools_hmc_matches_the_exact_quadrature_moments():
     ref = S.exact_posterior(401)
-    res = S.sample_hmc(S.log_joint_and_grad, 10, chains=8, warmup=200, draws=1500, seed=1)
+    res = hmc.sample_hmc(S.log_joint_and_grad, 10, chains=8, warmup=200, draws=1500, seed=1)
     d = res.draws
     flat = d.reshape(-1, 10)
-    mcse = flat.std(0) / np.sqrt(S.ess(d))
+    mcse = flat.std(0) / np.sqrt(diagnostics.ess(d))
     assert np.abs((flat.mean(0) - ref["mean"]) / mcse).max() < 4.5
     assert np.abs(flat.std(0) / ref["sd"] - 1).max() < 0.1
-    assert S.split_rhat(d).max() < 1.05
+    assert diagnostics.split_rhat(d).max() < 1.05
 
 
 # ---------------------------------------------------------------------------------------------------- ADVI and AVB
@@ -169,7 +172,7 @@ def test_advi_through_fit_recovers_the_exact_gaussian_optimum(method, tmp_path):
     loglik, mean, cov = linear_gaussian()
     run = _advi_run(method, steps=800, lr=0.05, batch=256)
     torch.manual_seed(0)
-    model = S.build(run, _Lik(loglik))
+    model = GaussianVI(run["z_dim"], _Lik(loglik), method == "advi_fullrank", run["model"]["init_range"])
     fit(model, S.DummyBatches(256, torch.device("cpu")), torch.Generator().manual_seed(1), run, tmp_path,
         progress=False)
     with torch.no_grad():
@@ -189,12 +192,12 @@ def test_avb_networks_and_adaptive_contrast_moments():
                                 "adversary_steps": 2, "hidden": 128, "noise_dim": 10, "adv_hidden": 256,
                                 "adv_blocks": 5, "ac_floor": 1e-6, "ac_floor_mode": "std", "checkpoint_every": 1,
                                 "log_every": 1}}, "avb_ac")
-    model = S.build(run)
+    model = build(run)
     assert model.loss_scale == 1.0 and model.ac and model.name == "avb_ac"
     sizes = [tuple(m.weight.shape) for m in model.encoder.net if isinstance(m, torch.nn.Linear)]
     assert sizes == [(128, 10), (128, 128), (10, 128)]
     adv = model.adversary
-    assert len(adv.r0) == 5 and all((r.weight == 0).all() for r in adv.r1) and (adv.out.weight == 0).all()
+    assert len(adv.res0) == 5 and all((r.weight == 0).all() for r in adv.res1) and (adv.out.weight == 0).all()
     z = torch.randn(6, 10)
     # at initialisation A = 0, so the logit is T = A - log N(z; 0, I) = -log N(z; 0, I)
     np.testing.assert_allclose(adv(None, z).detach().numpy(), (-log_normal(z)).numpy(), rtol=1e-6)
@@ -248,7 +251,7 @@ def test_cli_gold_fit_kl_report_end_to_end(tmp_path):
 
     df = pd.read_csv(out / "summary.csv")
     assert list(df.method) == ["hmc", "advi_meanfield", "avb_ac"]
-    assert list(df.columns) == S.SUMMARY_COLUMNS
+    assert list(df.columns) == schools_report.SUMMARY_COLUMNS
     assert df.divergence_noise_floor.nunique() == 1 and np.isfinite(df.divergence).all()
     assert df.rhat_max.notna().tolist() == [True, False, False]
     assert len(pd.read_csv(out / "per_parameter.csv")) == 3 * 10

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 import torch
 
-from avb import knn
+from avb import experiments, knn
 from avb import schools as S
 from avb import schools_kl as K
 
@@ -27,7 +27,7 @@ def _fit(run, out, on_step=None):
     from avb.train import fit
 
     torch.manual_seed(run["seed"])
-    model = S.build(run)
+    model = experiments.build(run)
     snaps = K.Snapshots(model, run, out / K.SNAPSHOT_FILE) if on_step else None
     if snaps is not None and 0 not in snaps.samples:
         snaps.take(0)
@@ -78,7 +78,7 @@ def test_interrupted_fit_resumes_with_the_same_snapshots(tmp_path, monkeypatch):
     assert s_ref.tolist() == s_b.tolist() and np.array_equal(d_ref, d_b)
     # snapshots written for another run config are dropped, not mixed in
     other = _run(every=15)
-    assert K.Snapshots(S.build(other), other, tmp_path / "b" / K.SNAPSHOT_FILE).samples == {}
+    assert K.Snapshots(experiments.build(other), other, tmp_path / "b" / K.SNAPSHOT_FILE).samples == {}
     with open(tmp_path / "b" / K.SNAPSHOT_FILE, "rb") as f:
         assert json.loads(str(np.load(f)["run"]))["snapshots"] == {"every": 10, "samples": 50}
 
@@ -117,7 +117,7 @@ def test_paper_preset_trains_every_method_for_figure_3s_iterations():
     import yaml
     from pathlib import Path
 
-    from avb import published
+    from avb.report import published
     from avb.config import validate
 
     raw = yaml.safe_load((Path(__file__).resolve().parent.parent / "config" / "paper.yaml").read_text())

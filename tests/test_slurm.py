@@ -1,6 +1,6 @@
 """The SLURM profile against a real SLURM: a single-node slurmctld + slurmd on localhost
 (scripts/slurm/start-local-slurm.sh installs slurm-wlm and munge from the distribution where missing, and starts
-them). A tiny preset goes through `snakemake --profile workflow/profiles/slurm`; the test checks that its jobs ran
+them). A tiny preset goes through `snakemake --workflow-profile profiles/slurm`; the test checks that its jobs ran
 as SLURM jobs and that the results equal those of a local run of the same config.
 
 The daemons are left running (a second run finds them up: the script is idempotent). Stop them with
@@ -74,7 +74,7 @@ def test_tiny_preset_through_slurm_profile_matches_local_run(cluster, tmp_path):
         (d / "tiny.yaml").write_text(yaml.safe_dump(TINY))
     # The same config, locally (in the background) and through the SLURM profile.
     local = snakemake(local_dir, "--cores", "1", "--configfile", "tiny.yaml")
-    slurm = snakemake(slurm_dir, "--profile", str(ROOT / "workflow/profiles/slurm"), "--configfile", "tiny.yaml",
+    slurm = snakemake(slurm_dir, "--workflow-profile", str(ROOT / "profiles/slurm"), "--configfile", "tiny.yaml",
                       # test speed: first status check 2 s after submission (the profile: 40 s); keep the SLURM
                       # logs of successful jobs (the profile deletes them) to inspect them here.
                       "--slurm-init-seconds-before-status-checks", "2", "--slurm-keep-successful-logs")
@@ -125,7 +125,7 @@ def test_tiny_preset_through_slurm_profile_matches_local_run(cluster, tmp_path):
     assert (slurm_dir / RUN / "eval_per_image.csv").read_text() == (local_dir / RUN / "eval_per_image.csv").read_text()
 
     # A completed run has nothing left to do under the profile either.
-    again = snakemake(slurm_dir, "--profile", str(ROOT / "workflow/profiles/slurm"), "--configfile", "tiny.yaml", "-n")
+    again = snakemake(slurm_dir, "--workflow-profile", str(ROOT / "profiles/slurm"), "--configfile", "tiny.yaml", "-n")
     dry = finish(again, slurm_dir, timeout=120)
     assert again.returncode == 0 and "Nothing to be done" in dry, dry[-3000:]
 

@@ -3,7 +3,7 @@ import math
 
 import pandas as pd
 
-from avb import tables
+from avb.report import tables
 
 
 def runs(method="vae", z_dim=8, dataset="mnist", values=(-90.0, -92.0, -91.0)):

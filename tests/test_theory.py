@@ -364,8 +364,9 @@ class NoiseEncoder(nn.Module):
 
 
 class SmallAdversary(nn.Module):
-    """The project's adversary form, T(x, z) = <theta(x), s(z)> + T_x(x) + T_z(z) + 0.5 |z|^2 (``avb.nets.Adversary``
-    assumes 784-d x), with small ``avb.nets.mlp`` branches and the same ``forward(x, *zs)`` interface."""
+    """The project's adversary form, T(x, z) = <theta(x), s(z)> + T_x(x) + T_z(z) + 0.5 |z|^2 (as
+    ``avb.nets.InnerProductAdversary``), with small ``avb.nets.mlp`` branches (Xavier heads, no ELU on theta) and the
+    same ``forward(x, *zs)`` interface."""
 
     def __init__(self, x_dim: int, z_dim: int, hidden: int = 32, embed: int = 16):
         super().__init__()

@@ -10,8 +10,13 @@ import pytest
 import torch
 from torch import nn
 
-from avb import latex, published, table1, toy
+from avb import config as avb_config
+from avb import experiments as ex
+from avb import kde, quadrature, toy
+from avb import train as tr
 from avb.objectives import log_normal
+from avb.report import latex, published, table1
+from avb.report import toy as toy_report
 
 LOG_Q = -math.log(4.0)
 
@@ -64,10 +69,10 @@ def _one_thread():
     ((0.53, 1.0), (0.04, 0.3), 4.0, 100),   # cells (0.08) wider than the std in z1: a visible error (~1e-2)
 ])
 def test_midpoint_rule_meets_its_stated_error_bound_on_gaussians(mean, std, limit, n):
-    _, points, h = toy.midpoint_grid(limit, n)
-    integral = float(torch.exp(toy.log_integral(log_normal(points, torch.tensor(mean, dtype=torch.float64),
+    _, points, h = quadrature.midpoint_grid(limit, n)
+    integral = float(torch.exp(quadrature.log_integral(log_normal(points, torch.tensor(mean, dtype=torch.float64),
                                                            torch.tensor(std, dtype=torch.float64)), h)))
-    bound = toy.gaussian_midpoint_error_bound(mean, std, limit, n)
+    bound = quadrature.gaussian_midpoint_error_bound(mean, std, limit, n)
     assert abs(integral - 1.0) <= bound
     if mean == (2.5, 0.0):  # the bound's tail term is the exact missing mass, so here it is nearly tight
         assert abs(integral - 1.0) > 0.5 * bound
@@ -78,11 +83,11 @@ def test_midpoint_rule_meets_its_stated_error_bound_on_gaussians(mean, std, limi
 def test_quadrature_of_a_gaussian_product_matches_closed_form():
     # \int N(z; mu, diag s^2) N(z; 0, I) dz = N(mu; 0, diag(s^2 + 1))
     mu, s = torch.tensor([0.8, -1.2], dtype=torch.float64), torch.tensor([0.4, 0.9], dtype=torch.float64)
-    _, points, h = toy.midpoint_grid(6.0, 600)
-    got = toy.log_integral(log_normal(points, mu, s) + log_normal(points), h)
+    _, points, h = quadrature.midpoint_grid(6.0, 600)
+    got = quadrature.log_integral(log_normal(points, mu, s) + log_normal(points), h)
     want = log_normal(mu, 0.0, torch.sqrt(s * s + 1))
     assert abs(float(got - want)) < 1e-9
-    assert toy.prior_tail_mass(6.0) == pytest.approx(3.946e-9, rel=1e-3)
+    assert quadrature.prior_tail_mass(6.0) == pytest.approx(3.946e-9, rel=1e-3)
 
 
 def test_exact_log_px_of_a_handset_decoder_matches_closed_form():
@@ -113,7 +118,7 @@ def test_exact_posterior_normalises_and_has_the_closed_form_mean():
     assert torch.allclose(mean_z1, torch.full((2,), want, dtype=torch.float64), atol=1e-7)
     # a trained-like random decoder: posteriors normalise and p(x) sums to 1 over all 16 images
     torch.manual_seed(3)
-    net = toy.ToyDecoder()
+    net = toy_model("vae").decoder
     _, post, _ = toy.exact_posterior(net, toy.images(), 6.0, 300)
     assert torch.allclose(post.sum((1, 2)) * (12 / 300) ** 2, torch.ones(4, dtype=torch.float64), atol=1e-10)
     assert float(toy.exact_log_px(net, toy.all_binary_images(), 6.0, 300).exp().sum()) == pytest.approx(1, abs=1e-7)
@@ -125,9 +130,9 @@ def test_binned_kde_agrees_with_the_exact_kde():
     comp = torch.randint(0, 2, (20000,))
     z = torch.randn(20000, 2) * torch.tensor([0.3, 0.6]) + torch.tensor([[-1.0, 0.0], [1.2, 0.5]])[comp]
     fit, ev = z[:10000], z[10000:12000]
-    kde = toy.BinnedKDE(fit, ev, max_bandwidth=0.3)
-    for bw in (kde.min_bandwidth(), 0.1, 0.3):
-        assert abs(float(kde.log_density(ev, bw).mean() - toy.kde_log_density(ev, fit, bw).mean())) < 3e-4
+    binned = kde.BinnedKDE(fit, ev, max_bandwidth=0.3)
+    for bw in (binned.min_bandwidth(), 0.1, 0.3):
+        assert abs(float(binned.log_density(ev, bw).mean() - kde.kde_log_density(ev, fit, bw).mean())) < 3e-4
 
 
 def test_kl_estimate_of_gaussians_is_close_and_biased_downwards():
@@ -136,8 +141,8 @@ def test_kl_estimate_of_gaussians_is_close_and_biased_downwards():
     true = float(0.5 * (m * m + s * s - 1 - 2 * torch.log(s)).sum())        # KL(N(m, s^2) || N(0, I))
     q = torch.randn(48000, 2) * s + m
     fit, sel, ev = q[:20000], q[20000:24000], q[24000:]
-    est, bw = toy.kl_estimate(fit, sel, ev, log_normal(ev.double()))
-    se = float((toy.BinnedKDE(fit, torch.cat([sel, ev]), 1.0).log_density(ev, bw)
+    est, bw = kde.kl_estimate(fit, sel, ev, log_normal(ev.double()))
+    se = float((kde.BinnedKDE(fit, torch.cat([sel, ev]), 1.0).log_density(ev, bw)
                 - log_normal(ev.double())).std()) / math.sqrt(len(ev))
     assert true - 0.03 < est < true + 3 * se   # below the truth up to MC noise, and close to it
     assert bw < 0.3
@@ -173,25 +178,29 @@ def test_table1_cells_are_ours_minus_published():
 
 
 # --------------------------------------------------------------------------------------------------- networks
+def toy_model(method, **model):
+    return ex.build({"experiment": "toy", "method": method, "model": model})
+
+
 def test_networks_follow_the_notebook():
-    adv = toy.ToyAdversary(hidden=16, blocks=3)
+    adv = toy_model("avb", adv_hidden=16, adv_blocks=3).adversary
     # the second layer of each residual block is zero-initialised
     assert all(int(torch.count_nonzero(layer.weight.detach())) == 0 for layer in adv.res1)
-    half = toy.ToyAdversary(hidden=16, blocks=3, prior_term="half_sum_sq")
+    half = toy_model("avb", adv_hidden=16, adv_blocks=3, adv_prior_term="half_sum_sq").adversary
     half.load_state_dict(adv.state_dict())
     x, z = toy.images(), torch.randn(4, 2)
     assert torch.allclose(adv(x, z) - half(x, z), 0.5 * (z * z).sum(-1), atol=1e-6)   # sum(z^2) vs 0.5 sum(z^2)
     tq, tp = adv(x, z, -z)
     assert torch.allclose(tq, adv(x, z), atol=1e-6) and torch.allclose(tp, adv(x, -z), atol=1e-6)
     with pytest.raises(ValueError, match="adv_prior_term"):
-        toy.ToyAdversary(prior_term="quarter")
+        toy_model("avb", adv_prior_term="quarter")
     for method in toy.METHODS:
-        model = toy.build(method)
+        model = toy_model(method)
         assert model.loss_scale == 1.0 and model.name == method
         assert sum(p.numel() for p in model.decoder.parameters()) == 2 * 64 + 64 + 2 * (64 * 64 + 64) + 64 * 4 + 4
-    enc = toy.build("avb").encoder
+    enc = toy_model("avb").encoder
     assert enc.net[0].in_features == 4 + 64 and enc.net[-1].out_features == 2
-    z, mean, var = toy.build("avb_ac").encoder(toy.images().repeat(64, 1))
+    z, mean, var = toy_model("avb_ac").encoder(toy.images().repeat(64, 1))
     assert z.shape == mean.shape == var.shape == (256, 2) and bool((var > 0).all())
     g = torch.Generator().manual_seed(0)
     b = toy.ToyBatches(512, g)
@@ -213,7 +222,7 @@ def test_run_configs_isolate_methods():
 
 # --------------------------------------------------------------------------------------------------- training
 def short_run(method, steps=300):
-    toy_cfg = {"seed": 0, "model": {**toy.DEFAULT_MODEL, "adv_hidden": 32, "adv_blocks": 1},
+    toy_cfg = {"seed": 0, "model": {**avb_config.defaults("toy.model"), "adv_hidden": 32, "adv_blocks": 1},
                "train": {"steps": steps, "batch_size": 128, "lr": 3e-3, "lr_adversary": 3e-3, "adam_beta1": 0.9,
                          "adversary_steps": 2, "checkpoint_every": 100, "log_every": 50, "device": "cpu"}}
     return toy.run_config(toy_cfg, method)
@@ -223,15 +232,15 @@ def short_run(method, steps=300):
 def trained(tmp_path_factory):
     torch.set_num_threads(1)
     out = tmp_path_factory.mktemp("toy")
-    return {m: toy.train(short_run(m), out / m, progress=False) for m in toy.METHODS}
+    return {m: tr.train(short_run(m), out / m, progress=False) for m in toy.METHODS}
 
 
 @pytest.mark.slow
 @pytest.mark.parametrize("method", toy.METHODS)
 def test_short_training_moves_log_px_towards_the_optimum(trained, method):
     torch.manual_seed(0)
-    before = float(toy.exact_log_px(toy.build(method, short_run(method)["model"]).decoder, toy.images(), 6, 200).mean())
-    model, run = toy.load_model(trained[method])
+    before = float(toy.exact_log_px(ex.build(short_run(method)).decoder, toy.images(), 6, 200).mean())
+    model, run = ex.load_model(trained[method])
     after = float(toy.exact_log_px(model.decoder, toy.images(), 6, 200).mean())
     assert run["steps_done"] == 300 and before < -2.6    # a fresh decoder is close to uniform: -log 16 = -2.77
     assert after > before + 0.7 and after > -2.05        # 300 steps get within ~0.6 nats of -log 4 (seen: -1.6..-1.8)
@@ -243,7 +252,7 @@ def test_short_training_moves_log_px_towards_the_optimum(trained, method):
 @pytest.mark.slow
 def test_quadrature_log_px_of_a_trained_vae_matches_importance_sampling(trained):
     torch.manual_seed(0)
-    model, _ = toy.load_model(trained["vae"])
+    model, _ = ex.load_model(trained["vae"])
     x = toy.images()
     quad = toy.exact_log_px(model.decoder, x, 6.0, 600)
     with torch.no_grad():
@@ -268,9 +277,9 @@ def test_evaluate_and_report_write_the_table_and_figure(trained, tmp_path):
         npzs.append(str(tmp_path / f"{m}.npz"))
     out = {k: str(tmp_path / f"summary.{k}") for k in ("csv", "md", "png", "pdf")}
     t1 = tuple(str(tmp_path / f"table1.{k}") for k in ("csv", "md", "tex"))
-    md = toy.report(evals[::-1], npzs[::-1], out["csv"], out["md"], out["png"], out["pdf"], t1)
+    md = toy_report.report(evals[::-1], npzs[::-1], out["csv"], out["md"], out["png"], out["pdf"], t1)
     df = pd.read_csv(out["csv"])
-    assert list(df.method) == ["vae", "avb", "avb_ac"] and list(df.columns) == toy.COLUMNS
+    assert list(df.method) == ["vae", "avb", "avb_ac"] and list(df.columns) == toy_report.COLUMNS
     assert (df.log_px_exact <= LOG_Q + 1e-9).all() and (df.optimum == LOG_Q).all()
     assert list(df.elbo_is_bound) == [True, False, False]
     assert (df.quad_error_est < 1e-4).all() and np.allclose(df.mass_all_images, 1, atol=1e-6)
@@ -303,10 +312,9 @@ def test_evaluate_and_report_write_the_table_and_figure(trained, tmp_path):
 
 
 def test_interrupted_toy_run_resumes_bit_identically(tmp_path, monkeypatch):
-    from avb import train as tr
     run = short_run("avb_ac", steps=60)
     run["train"]["checkpoint_every"] = 20
-    ref = torch.load(toy.train(run, tmp_path / "ref", progress=False), weights_only=True)["model"]
+    ref = torch.load(tr.train(run, tmp_path / "ref", progress=False), weights_only=True)["model"]
     calls = {"n": 0}
     orig = tr.train_step
 
@@ -318,10 +326,10 @@ def test_interrupted_toy_run_resumes_bit_identically(tmp_path, monkeypatch):
 
     monkeypatch.setattr(tr, "train_step", dies_at_45)
     with pytest.raises(KeyboardInterrupt):
-        toy.train(run, tmp_path / "b", progress=False)
+        tr.train(run, tmp_path / "b", progress=False)
     monkeypatch.setattr(tr, "train_step", orig)
     assert torch.load(tmp_path / "b" / "checkpoint.pt", weights_only=True)["step"] == 40
-    got = torch.load(toy.train(run, tmp_path / "b", progress=False), weights_only=True)["model"]
+    got = torch.load(tr.train(run, tmp_path / "b", progress=False), weights_only=True)["model"]
     assert ref.keys() == got.keys() and all(torch.equal(ref[k], got[k]) for k in ref)
 
 
@@ -341,5 +349,5 @@ def test_paper_preset_trains_the_toy_at_the_notebooks_budget():
         assert (tr["steps"], tr["batch_size"], tr["lr"], tr["adam_beta1"]) == (100_000, 512, 2e-5, 0.9), method
         if method != "vae":
             assert (tr["lr_adversary"], tr["adversary_steps"]) == (1e-4, 2)
-        assert run["model"] == {k: toy.DEFAULT_MODEL[k] for k in run["model"]}          # the notebook's networks
-    assert toy.DEFAULT_MODEL["adv_prior_term"] == "sum_sq"
+        assert run["model"] == {k: avb_config.defaults("toy.model")[k] for k in run["model"]}  # the notebook's networks
+    assert avb_config.defaults("toy.model")["adv_prior_term"] == "sum_sq"

@@ -72,7 +72,7 @@ def test_resume_after_sigkill_is_bit_identical(tmp_path):
 
 def test_nan_guard_names_step_and_loss_and_keeps_checkpoint(tmp_path, monkeypatch):
     run = run_config("vae", steps=30)
-    orig = tr.build_model
+    orig = tr.build
 
     def poisoned(r):
         model = orig(r)
@@ -86,7 +86,7 @@ def test_nan_guard_names_step_and_loss_and_keeps_checkpoint(tmp_path, monkeypatc
         model.decoder.forward = forward
         return model
 
-    monkeypatch.setattr(tr, "build_model", poisoned)
+    monkeypatch.setattr(tr, "build", poisoned)
     with pytest.raises(tr.TrainingDiverged, match=r"step 13: loss_primal = nan"):
         tr.train(run, tmp_path, progress=False)
     assert torch.load(tmp_path / "checkpoint.pt", weights_only=True)["step"] == 10

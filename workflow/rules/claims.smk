@@ -1,6 +1,6 @@
 # The paper's claims, checked: one row per claim (Table 2, Table 1, Figure 3) with the paper's numbers, ours and a
-# verdict (replicated / not replicated / inconclusive), computed by avb/claims.py from the results below. Experiments
-# that are off leave their claims out.
+# verdict (replicated / not replicated / inconclusive), computed by avb/report/claims.py from the results below. Experiments
+# that are off leave their claims out (their inputs are then empty, and so are --toy / --schools).
 
 rule claims:
     input:
@@ -13,8 +13,7 @@ rule claims:
         md=report(f"{OUT}/claims.md", caption="../report/claims.rst", category="3. Summary",
                   labels={"file": "claims.md", "content": "the paper's claims, checked"}),
     params:
-        toy=lambda w, input: ["--toy", input.toy] if input.toy else [],
-        schools=lambda w, input: ["--schools", input.schools] if input.schools else [],
+        **AVB_PARAMS,
     log:
         f"{OUT}/logs/claims.log",
     conda:
@@ -22,8 +21,8 @@ rule claims:
     localrule: True
     threads: 1
     resources:
-        mem_mb=1000,
-        runtime=5,
+        mem_mb=mem_mb("claims"),
+        runtime=runtime("claims"),
     shell:
-        avb("claims --per-image {input.per_image:q} --summary {input.summary:q} {params.toy:q} {params.schools:q} "
-            "--out-csv {output.csv:q} --out-md {output.md:q} > {log:q} 2>&1")
+        avb("claims --per-image {input.per_image:q} --summary {input.summary:q} --toy {input.toy:q} "
+            "--schools {input.schools:q} --out-csv {output.csv:q} --out-md {output.md:q} > {log:q} 2>&1")

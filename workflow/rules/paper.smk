@@ -1,7 +1,8 @@
 # paper/: `snakemake paper --configfile config/<preset>.yaml` renders paper/replication.md and paper/main.tex (with
 # copies of the tables and figures) from results/<preset>/, stating the config, commit and machine; main.tex is
 # built to PDF where latexmk is installed. The config reaches the job as a file (paper_config.json, from a tracked
-# param), never on its command line.
+# param), never on its command line; the job finds its inputs from it (avb.layout.paper_inputs, the same names the
+# rule declares), so none is on its command line either.
 #
 # All or nothing: `avb paper` renders (and runs latexmk) in a staging copy of paper/ and only then moves each new or
 # changed file into paper/ (os.replace, atomic per file). The rule's declared output is the stamp
@@ -18,23 +19,22 @@ rule paper_config:
     localrule: True
     threads: 1
     resources:
-        mem_mb=500,
-        runtime=5,
+        mem_mb=mem_mb("settings"),
+        runtime=runtime("settings"),
     run:
         write_json(params.config, output[0])
 
 
+# provenance.json is read, not an input: this invocation's own hooks rewrite it, which must not make paper/ look
+# outdated.
 rule paper:
     input:
         config=f"{OUT}/paper_config.json",
-        **paper_inputs(),
+        **avb_layout.paper_inputs(config),
     output:
         f"{OUT}/paper.json",
     params:
-        # derived from the inputs (name=path; lists comma-separated), each quoted; provenance.json is read, not an
-        # input: this invocation's own hooks rewrite it, which must not make paper/ look outdated
-        inputs=lambda w, input: [f"provenance_json={OUT}/provenance.json"] + [
-            f"{k}={','.join(v) if isinstance(v, list) else v}" for k, v in input.items() if k != "config"],
+        **AVB_PARAMS,
     log:
         f"{OUT}/logs/paper.log",
     conda:
@@ -42,8 +42,7 @@ rule paper:
     localrule: True
     threads: 1
     resources:
-        mem_mb=2000,
-        runtime=10,
+        mem_mb=mem_mb("paper"),
+        runtime=runtime("paper"),
     shell:
-        avb("paper --config {input.config:q} --out paper --stamp {output:q} --latex --inputs {params.inputs:q} "
-            "> {log:q} 2>&1")
+        avb("paper --config {input.config:q} --out paper --stamp {output:q} --latex > {log:q} 2>&1")

@@ -1,24 +1,34 @@
 # The eight-schools experiment (notebooks/Stan-example.ipynb): gold-standard HMC, ADVI mean-field / full-rank, AVB and
 # AVB + AC, the Figure 3 replica (rule schools_kl: kNN KL to the HMC draws of snapshots taken during training) and a
 # report against the exact (quadrature) posterior moments. Outputs under <results>/<preset>/schools/.
-# Each job's settings are a tracked param holding only the config keys it depends on (HMC: seed + gold; a method:
-# seed, device, n_samples, kl_every, kl_samples and its family's section, advi or avb; kl and report: seed + metrics),
-# written by the local rule schools_settings to settings/<job>.json, which the job reads (`--config`); so a changed
-# value reruns only the jobs it affects, and no value is ever on a command line. Every output is written atomically; a killed fit resumes from its checkpoint.pt.
-# Targets are added to `rule all` via SCHOOLS_TARGETS.
+# Each job's settings are a tracked param holding only the config keys it depends on (avb.jobs.schools_job_config:
+# HMC: seed + gold; a method: seed, device, n_samples, kl_every, kl_samples and its family's section, advi or avb;
+# kl and report: seed + metrics), written by the local rule schools_settings to settings/<job>.json, which the job
+# reads (`--config`); so a changed value reruns only the jobs it affects, and no value is ever on a command line.
+# Every output is written atomically; a killed fit resumes from its checkpoint.pt.
+# Targets are added to `rule all` via SCHOOLS_TARGETS; its functions are in common.smk.
+SCHOOLS = f"{OUT}/{avb_layout.SCHOOLS}"
+SCHOOLS_CFG = config["schools"]
+SCHOOLS_METHODS = SCHOOLS_CFG["methods"]
+SCHOOLS_TARGETS = avb_layout.schools_targets(config)
+
+wildcard_constraints:
+    schools_method=choices("schools.methods"),
+    schools_job="|".join(avb_jobs.schools_jobs()),
+
 
 rule schools_settings:
     output:
         f"{SCHOOLS}/settings/{{schools_job}}.json",
     params:
-        settings=schools_job_settings,
+        settings=schools_job_config,
     log:
         f"{SCHOOLS}/logs/settings_{{schools_job}}.log",
     localrule: True
     threads: 1
     resources:
-        mem_mb=500,
-        runtime=5,
+        mem_mb=mem_mb("settings"),
+        runtime=runtime("settings"),
     run:
         write_json(params.settings, output[0])
 
@@ -29,6 +39,8 @@ rule schools_gold:
     output:
         npz=f"{SCHOOLS}/gold/draws.npz",
         json=f"{SCHOOLS}/gold/diagnostics.json",
+    params:
+        **AVB_PARAMS,
     log:
         f"{SCHOOLS}/logs/gold.log",
     benchmark:
@@ -37,8 +49,8 @@ rule schools_gold:
         ENV
     threads: SCHOOLS_CFG["threads"]
     resources:
-        mem_mb=lambda w, attempt: 2000 * attempt,
-        runtime=lambda w, attempt: 60 * attempt,
+        mem_mb=mem_mb("schools_gold"),
+        runtime=runtime("schools_gold"),
     shell:
         avb("schools gold --config {input.settings:q} --out-npz {output.npz:q} --out-json {output.json:q} "
         "--threads {threads} > {log:q} 2>&1")
@@ -54,6 +66,7 @@ rule schools_fit:
         metrics=f"{SCHOOLS}/{{schools_method}}/train_metrics.csv",
         snapshots=f"{SCHOOLS}/{{schools_method}}/snapshots.npz",
     params:
+        **AVB_PARAMS,
         out=run_dir,
     log:
         f"{SCHOOLS}/logs/fit_{{schools_method}}.log",
@@ -63,9 +76,9 @@ rule schools_fit:
         ENV
     threads: SCHOOLS_CFG["threads"]
     resources:
-        mem_mb=lambda w, attempt: 2000 * attempt,
-        runtime=lambda w, attempt: 120 * attempt,
-        gpu=schools_gpus,
+        mem_mb=mem_mb("schools_fit"),
+        runtime=runtime("schools_fit"),
+        gpu=gpus("schools_fit", schools_device),
     shell:
         avb("schools fit --method {wildcards.schools_method:q} --config {input.settings:q} --out {params.out:q} "
         "--threads {threads} > {log:q} 2>&1")
@@ -82,6 +95,8 @@ rule schools_kl:
                    category="6. Eight schools (Figure 3)",
                    labels={"file": "kl_iterations.png", "content": "Figure 3 replica"}),
         pdf=f"{SCHOOLS}/kl_iterations.pdf",
+    params:
+        **AVB_PARAMS,
     log:
         f"{SCHOOLS}/logs/kl.log",
     benchmark:
@@ -90,8 +105,8 @@ rule schools_kl:
         ENV
     threads: 1
     resources:
-        mem_mb=lambda w, attempt: 2000 * attempt,
-        runtime=lambda w, attempt: 30 * attempt,
+        mem_mb=mem_mb("schools_kl"),
+        runtime=runtime("schools_kl"),
     shell:
         avb("schools kl --gold-npz {input.npz:q} --snapshots {input.snapshots:q} --config {input.settings:q} "
         "--out-csv {output.csv:q} --out-png {output.png:q} --out-pdf {output.pdf:q} --threads {threads} > {log:q} 2>&1")
@@ -112,16 +127,16 @@ rule schools_report:
         png=f"{SCHOOLS}/mu_tau.png",
         pdf=f"{SCHOOLS}/mu_tau.pdf",
     params:
-        fits=lambda w, input: [os.path.dirname(f) for f in input.fits],
+        **AVB_PARAMS,
     log:
         f"{SCHOOLS}/logs/report.log",
     conda:
         ENV
     threads: 1
     resources:
-        mem_mb=lambda w, attempt: 2000 * attempt,
-        runtime=lambda w, attempt: 30 * attempt,
+        mem_mb=mem_mb("schools_report"),
+        runtime=runtime("schools_report"),
     shell:
-        avb("schools report --gold-npz {input.npz:q} --gold-json {input.json:q} --fits {params.fits:q} "
+        avb("schools report --gold-npz {input.npz:q} --gold-json {input.json:q} --fits {input.fits:q} "
         "--config {input.settings:q} --out-csv {output.csv:q} --out-md {output.md:q} --out-params {output.params:q} "
         "--out-fig {output.png:q} --kl-curve {input.kl:q} --threads {threads} > {log:q} 2>&1")

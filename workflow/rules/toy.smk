@@ -5,7 +5,15 @@
 # run: seed + toy.model + toy.train, written to config.json; an evaluation: toy.eval, written to eval_config.json), so
 # a changed value reruns only the affected jobs; jobs read them from those files (`--config`), never from their
 # command line. Every output is written atomically; a killed training job resumes from its checkpoint.pt.
-# Targets are added to `rule all` via TOY_TARGETS.
+# Targets are added to `rule all` via TOY_TARGETS; its functions are in common.smk.
+TOY = f"{OUT}/{avb_layout.TOY}"
+TOY_CFG = config["toy"]
+TOY_RUN = f"{TOY}/{{toy_method}}"
+TOY_TARGETS = avb_layout.toy_targets(config)
+
+wildcard_constraints:
+    toy_method=choices("toy.methods"),
+
 
 rule toy_run_config:
     output:
@@ -17,8 +25,8 @@ rule toy_run_config:
     localrule: True
     threads: 1
     resources:
-        mem_mb=500,
-        runtime=5,
+        mem_mb=mem_mb("settings"),
+        runtime=runtime("settings"),
     run:
         write_json(params.run, output[0])
 
@@ -37,10 +45,11 @@ rule toy_train:
         ENV
     threads: TOY_CFG["threads"]
     resources:
-        mem_mb=lambda w, attempt: 2000 * attempt,
-        runtime=runtime("train"),
-        gpu=gpus("train", lambda w: TOY_CFG["train"]["device"]),
+        mem_mb=mem_mb("toy_train"),
+        runtime=runtime("toy_train"),
+        gpu=gpus("toy_train", toy_train_device),
     params:
+        **AVB_PARAMS,
         out=run_dir,
     shell:
         avb("toy train {input:q} --out {params.out:q} --threads {threads} > {log:q} 2>&1")
@@ -56,8 +65,8 @@ rule toy_eval_config:
     localrule: True
     threads: 1
     resources:
-        mem_mb=500,
-        runtime=5,
+        mem_mb=mem_mb("settings"),
+        runtime=runtime("settings"),
     run:
         write_json(params.settings, output[0])
 
@@ -69,6 +78,8 @@ rule toy_evaluate:
     output:
         summary=f"{TOY_RUN}/eval.json",
         arrays=f"{TOY_RUN}/eval.npz",
+    params:
+        **AVB_PARAMS,
     log:
         f"{TOY_RUN}/logs/evaluate.log",
     benchmark:
@@ -77,9 +88,9 @@ rule toy_evaluate:
         ENV
     threads: TOY_CFG["threads"]
     resources:
-        mem_mb=lambda w, attempt: 3000 * attempt,
-        runtime=lambda w, attempt: 30 * attempt,
-        gpu=gpus("evaluate", lambda w: TOY_CFG["eval"]["device"]),
+        mem_mb=mem_mb("toy_evaluate"),
+        runtime=runtime("toy_evaluate"),
+        gpu=gpus("toy_evaluate", toy_eval_device),
     shell:
         avb("toy evaluate {input.model:q} --config {input.settings:q} --out-json {output.summary:q} "
         "--out-npz {output.arrays:q} --threads {threads} > {log:q} 2>&1")
@@ -98,6 +109,8 @@ rule toy_report:
         table1_md=report(f"{TOY}/table1.md", caption="../report/toy_table1.rst", category="5. Toy (Table 1)",
                          labels={"file": "table1.md", "content": "Table 1 replica"}),
         table1_tex=f"{TOY}/table1.tex",
+    params:
+        **AVB_PARAMS,
     log:
         f"{TOY}/logs/report.log",
     benchmark:
@@ -106,8 +119,8 @@ rule toy_report:
         ENV
     threads: 1
     resources:
-        mem_mb=lambda w, attempt: 2000 * attempt,
-        runtime=lambda w, attempt: 15 * attempt,
+        mem_mb=mem_mb("toy_report"),
+        runtime=runtime("toy_report"),
     shell:
         avb("toy report --evals {input.evals:q} --npz {input.arrays:q} --out-csv {output.csv:q} --out-md {output.md:q} "
         "--out-png {output.png:q} --out-pdf {output.pdf:q} "
