@@ -31,12 +31,12 @@ def tile(images: np.ndarray, cols: int, pad_value: float = 1.0) -> np.ndarray:
 
 
 @torch.no_grad()
-def sample_grid(model_path: str | Path, n: int, seed: int = 0) -> np.ndarray:
-    """Bernoulli means of the decoder at n prior draws, tiled into one square image."""
+def sample_grid(model_path: str | Path, n: int, seed: int = 0, cols: int | None = None) -> np.ndarray:
+    """Bernoulli means of the decoder at n prior draws, tiled ``cols`` per row (default: a square)."""
     model, _ = load_model(model_path)
     g = torch.Generator().manual_seed(seed)
     probs = torch.sigmoid(model.decoder(torch.randn(n, model.z_dim, generator=g))).view(n, 28, 28).numpy()
-    return tile(probs, int(np.ceil(np.sqrt(n))))
+    return tile(probs, cols or int(np.ceil(np.sqrt(n))))
 
 
 @torch.no_grad()
@@ -53,43 +53,81 @@ def reconstruction_grid(model_path: str | Path, n: int = 8, seed: int = 0) -> np
     return tile(torch.cat([x[:n], recon[:n]]).view(-1, 28, 28).numpy(), n)
 
 
-def save(fig, out_png: str | Path, out_pdf: str | Path | None = None) -> None:
+def save(fig, out_png: str | Path, out_pdf: str | Path | None = None, dpi: int = 120) -> None:
     with io.atomic_path(out_png) as tmp:
-        fig.savefig(tmp, format="png", dpi=120)
+        fig.savefig(tmp, format="png", dpi=dpi)
     if out_pdf is not None:
         with io.atomic_path(out_pdf) as tmp:
             fig.savefig(tmp, format="pdf")
     plt.close(fig)
 
 
+def _blank_unused(grid: np.ndarray, n: int, cols: int) -> np.ndarray:
+    """A ``tile`` grid of n images with its slots after the n-th white (0) instead of border-coloured."""
+    grid = grid.copy()
+    for k in range(n, ((grid.shape[0] - 1) // 29) * cols):
+        r, c = divmod(k, cols)
+        grid[r * 29 + 1:(r + 1) * 29 + 1, c * 29 + 1:(c + 1) * 29 + 1] = 0.0
+    return grid
+
+
 def samples_and_curves(runs: list[dict], out_png: str | Path, n_samples: int = 64,
                        out_pdf: str | Path | None = None) -> None:
-    """Per run: decoder samples (top) and test images over their reconstructions (bottom); last column: the
-    training ELBO against the step for every run.
+    """One row per run, so that 18 runs fit a page at full size: the decoder's Bernoulli means at ``n_samples``
+    prior draws (left, about seven times as many per line as lines), 8 test images over their reconstructions
+    (middle) and the training ELBO against the step (right; one scale for every row, from the 5th percentile of all
+    values up: the first steps' transient is cut; the last value written in).
 
     ``runs``: dicts with keys ``label``, ``model`` (path of model.pt) and ``metrics`` (path of train_metrics.csv).
     """
     sns.set_theme(style="whitegrid", context="paper")
     n = len(runs)
-    fig, axes = plt.subplots(2, n + 1, figsize=(3.2 * (n + 1), 6.4), squeeze=False,
-                             gridspec_kw={"height_ratios": [3, 1]})
-    curves = []
-    for i, run in enumerate(runs):
-        axes[0, i].imshow(sample_grid(run["model"], n_samples), cmap="gray_r", vmin=0, vmax=1)
-        axes[0, i].set_title(f"{run['label']}: samples")
-        axes[1, i].imshow(reconstruction_grid(run["model"]), cmap="gray_r", vmin=0, vmax=1)
-        axes[1, i].set_title("test images / reconstructions")
-        for ax in axes[:, i]:
+    cols = min(n_samples, int(np.ceil(np.sqrt(7 * n_samples))))   # 64 draws: 3 lines of 22
+    metrics = [pd.read_csv(run["metrics"]) for run in runs]
+    images = [(_blank_unused(sample_grid(run["model"], n_samples, cols=cols), n_samples, cols),
+               reconstruction_grid(run["model"])) for run in runs]
+    values = np.concatenate([m.elbo.to_numpy(float) for m in metrics])
+    values = values[np.isfinite(values)]
+    low, high = (np.percentile(values, 5), values.max()) if len(values) else (-1.0, 0.0)
+    pad = 0.08 * max(high - low, 1.0)
+    # Panel widths follow the images' aspect ratios at one row height, inches: label, samples, reconstructions, curve.
+    row_h = 0.36
+    aspect = [im.shape[1] / im.shape[0] for im in images[0]] if n else [1.0, 1.0]
+    widths = [0.75, row_h * aspect[0], row_h * aspect[1], 1.7]
+    width = sum(widths) + 0.6
+    fig = plt.figure(figsize=(width, row_h * 1.22 * n + 0.6))
+    grid = fig.add_gridspec(n, 4, width_ratios=widths, left=0.01, right=1 - 0.4 / width,
+                            bottom=0.4 / fig.get_figheight(), top=1 - 0.2 / fig.get_figheight(), wspace=0.05,
+                            hspace=0.22)
+    show = dict(cmap="gray_r", vmin=0, vmax=1, interpolation="none")
+    first_curve = None
+    for i, (run, m, (samples, recon)) in enumerate(zip(runs, metrics, images)):
+        label, s_ax, r_ax = fig.add_subplot(grid[i, 0]), fig.add_subplot(grid[i, 1]), fig.add_subplot(grid[i, 2])
+        c_ax = fig.add_subplot(grid[i, 3], sharex=first_curve)
+        first_curve = first_curve or c_ax
+        name, _, rest = run["label"].partition(" z=")   # "AVB + AC z=8 s0" on two lines
+        label.text(1.0, 0.5, f"{name}\nz={rest}" if rest else name, ha="right", va="center", fontsize=7,
+                   linespacing=1.1, transform=label.transAxes)
+        s_ax.imshow(samples, **show)
+        r_ax.imshow(recon, **show)
+        for ax in (label, s_ax, r_ax):
             ax.axis("off")
-        m = pd.read_csv(run["metrics"])
-        m["run"] = run["label"]
-        curves.append(m)
-    sns.lineplot(data=pd.concat(curves, ignore_index=True), x="step", y="elbo", hue="run", ax=axes[0, -1])
-    axes[0, -1].set_title("training ELBO (AVB: adversary estimate)")
-    axes[0, -1].set_ylabel("ELBO (nats)")
-    axes[1, -1].axis("off")
-    fig.tight_layout()
-    save(fig, out_png, out_pdf)
+        c_ax.plot(m.step, m.elbo, lw=1)
+        c_ax.set_ylim(low - pad, high + pad)
+        c_ax.yaxis.set_major_locator(plt.MaxNLocator(3))
+        c_ax.tick_params(labelsize=6, pad=1)
+        c_ax.yaxis.tick_right()
+        if len(m):
+            c_ax.text(0.97, 0.1, f"last {m.elbo.iloc[-1]:.1f}", fontsize=6, ha="right", transform=c_ax.transAxes)
+        if i < n - 1:
+            c_ax.tick_params(labelbottom=False)
+        if i == 0:
+            s_ax.set_title(f"decoder means at {n_samples} prior draws", fontsize=7)
+            r_ax.set_title("test images / reconstructions", fontsize=7)
+            c_ax.set_title("training ELBO (nats)", fontsize=7)
+    if n:
+        fig.axes[-1].set_xlabel("training step", fontsize=6, labelpad=1)
+    save(fig, out_png, out_pdf, dpi=200)
 
 
 def ais_convergence(csvs: list[str | Path], out_png: str | Path, out_pdf: str | Path | None = None) -> None:

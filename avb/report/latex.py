@@ -1,15 +1,39 @@
-"""Markdown to LaTeX for the subset our reports are written in, so ``paper/main.tex`` says what
-``paper/replication.md`` says.
+"""Markdown to LaTeX: the report by pandoc, and the standalone tabulars of the result tables.
 
-The subset: ``#``/``##``/``###`` headings, paragraphs, ``* `` bullets, pipe tables, ``![caption](path)`` figures,
-fenced code, and inline ```code``` and ``**bold**``. The output is plain ASCII (pdflatex needs no Unicode set-up):
-the symbols our tables use are mapped to LaTeX, anything else becomes ``?``.
+``document``: ``paper/replication.md`` as a complete article, converted by pandoc (``pypandoc-binary`` ships it) with
+``templates/header.tex`` (Unicode under pdflatex, captions, table and figure sizes) and ``templates/paper.lua``
+(figure grids, vector figures). Math written ``$...$`` is math, code keeps every character (``--`` stays two
+hyphens), and a backslash outside math is text, never raw LaTeX.
+
+``table``: a Markdown pipe table as a booktabs tabular that ``\\input``s into any preamble (the results' ``table2.tex``
+and the toy's Table 1): the symbols our tables use are mapped to LaTeX, any other non-ASCII character is kept as
+UTF-8 (LaTeX's default input encoding).
 """
 from __future__ import annotations
 
 import re
 from pathlib import Path
-from typing import Callable
+
+TEMPLATES = Path(__file__).with_name("templates")
+HEADER, FILTER = TEMPLATES / "header.tex", TEMPLATES / "paper.lua"
+# pandoc's Markdown without raw TeX (a stray backslash is text) and without smart punctuation (what the Markdown says
+# is what the PDF says: ``--`` is never an en-dash, quotes stay straight).
+MARKDOWN = "markdown-raw_tex-raw_attribute-smart"
+PANDOC_ARGS = ("--standalone", "--shift-heading-level-by=-1", "--syntax-highlighting=none", "--wrap=preserve",
+               "-V", "documentclass=article", "-V", "fontsize=10pt", "-V", "papersize=a4", "-V", "geometry:margin=2cm")
+
+
+def document(md: str, root: str | Path) -> str:
+    """A complete LaTeX article of Markdown ``md`` by pandoc: its leading ``# `` heading is the title, ``## `` headings
+    are sections; image paths are relative to ``root`` (where main.tex is built)."""
+    import pypandoc
+
+    for path in (HEADER, FILTER):
+        if not path.is_file():
+            raise FileNotFoundError(f"{path}: paper template missing from the installed package")
+    return pypandoc.convert_text(md, "latex", format=MARKDOWN, cworkdir=str(root),
+                                 extra_args=[*PANDOC_ARGS, f"--include-in-header={HEADER}", f"--lua-filter={FILTER}"])
+
 
 SYMBOLS = {"±": r"$\pm$", "≈": r"$\approx$", "−": "-", "×": r"$\times$", "—": "---", "–": "--", "→": r"$\to$",
            "≤": r"$\le$", "≥": r"$\ge$", "‖": r"$\|$", "·": r"$\cdot$", "²": r"$^2$", "σ": r"$\sigma$",
@@ -19,7 +43,6 @@ SPECIAL = {"\\": r"\textbackslash{}", "&": r"\&", "%": r"\%", "$": r"\$", "#": r
            "}": r"\}", "~": r"\textasciitilde{}", "^": r"\textasciicircum{}", "|": r"\textbar{}", "<": r"\textless{}",
            ">": r"\textgreater{}"}
 INLINE = re.compile(r"`([^`]*)`|\*\*([^*]+)\*\*")
-FIGURE = re.compile(r"^!\[(.*)\]\((.+)\)$")
 
 
 def _plain(text: str) -> str:
@@ -30,16 +53,17 @@ def _plain(text: str) -> str:
         elif ch in SYMBOLS:
             out.append(SYMBOLS[ch])
         else:
-            out.append(ch if ord(ch) < 128 else "?")
+            out.append(ch)
     return "".join(out)
 
 
 def escape(text: str) -> str:
-    """One line of Markdown text as LaTeX: ```code``` as \\texttt, ``**bold**`` as \\textbf, the rest escaped."""
+    """One line of Markdown text as LaTeX: ```code``` as \\texttt (its hyphens kept apart: ``--`` is no en-dash),
+    ``**bold**`` as \\textbf, the rest escaped."""
     out, pos = [], 0
     for m in INLINE.finditer(text):
         out.append(_plain(text[pos:m.start()]))
-        out.append(r"\texttt{" + _plain(m.group(1)) + "}" if m.group(1) is not None
+        out.append(r"\texttt{" + _plain(m.group(1)).replace("-", "-{}") + "}" if m.group(1) is not None
                    else r"\textbf{" + _plain(m.group(2)) + "}")
         pos = m.end()
     out.append(_plain(text[pos:]))
@@ -70,72 +94,3 @@ def table(lines: list[str]) -> str:
     body += [" & ".join(escape(c) for c in r) + r" \\" for r in rows[1:]]
     body += [r"\bottomrule", r"\end{tabular}", r"\end{adjustbox}"]
     return "\n".join(body) + "\n"
-
-
-def document(md: str, title: str, table_file: Callable[[int, str], str], figure_file: Callable[[str], str]) -> str:
-    """A complete LaTeX article from Markdown ``md``. Each table is written by ``table_file(index, tabular)``, which
-    returns the path to ``\\input``; each figure's path goes through ``figure_file`` (e.g. PNG -> PDF)."""
-    body: list[str] = []
-    lines = md.splitlines()
-    i, n_tables, in_list = 0, 0, False
-
-    def close_list() -> None:
-        nonlocal in_list
-        if in_list:
-            body.append(r"\end{itemize}")
-            in_list = False
-
-    while i < len(lines):
-        line = lines[i]
-        if line.startswith("```"):
-            close_list()
-            end = next((j for j in range(i + 1, len(lines)) if lines[j].startswith("```")), len(lines))
-            body += [r"{\scriptsize", r"\begin{verbatim}", *("".join(c if c.isascii() else "?" for c in x) for x in lines[i + 1:end]), r"\end{verbatim}",
-                     "}"]
-            i = end + 1
-            continue
-        if line.startswith("|"):
-            close_list()
-            end = next((j for j in range(i, len(lines)) if not lines[j].startswith("|")), len(lines))
-            n_tables += 1
-            path = table_file(n_tables, table(lines[i:end]))
-            body += [r"\begin{table}[htbp]\centering\scriptsize", r"\input{" + path + "}", r"\end{table}"]
-            i = end
-            continue
-        heading = re.match(r"^(#{1,3}) (.*)$", line)
-        figure = FIGURE.match(line)
-        if heading:
-            close_list()
-            cmd = {1: "section", 2: "subsection", 3: "subsubsection"}[len(heading.group(1))]
-            body.append(f"\\{cmd}*{{{escape(heading.group(2))}}}")
-        elif figure:
-            close_list()
-            body += [r"\begin{figure}[htbp]\centering",
-                     r"\includegraphics[width=\linewidth,height=0.8\textheight,keepaspectratio]{"
-                     + figure_file(figure.group(2)) + "}", r"\caption{" + escape(figure.group(1)) + "}",
-                     r"\end{figure}"]
-        elif line.startswith("* "):
-            if not in_list:
-                body.append(r"\begin{itemize}")
-                in_list = True
-            body.append(r"\item " + escape(line[2:]))
-        elif line.strip():
-            close_list()
-            body.append(escape(line))
-        else:
-            close_list()
-            body.append("")
-        i += 1
-    close_list()
-    head = [r"\documentclass[10pt]{article}", r"\usepackage[T1]{fontenc}",
-            r"\IfFileExists{lmodern.sty}{\usepackage{lmodern}}{}",
-            r"\usepackage{adjustbox,array,booktabs,graphicx,geometry,float}", r"\geometry{margin=2cm}",
-            r"\setlength{\parindent}{0pt}\setlength{\parskip}{0.5em}\sloppy", r"\begin{document}",
-            r"\title{" + escape(title) + "}", r"\date{}", r"\maketitle"]
-    return "\n".join(head + body + [r"\end{document}"]) + "\n"
-
-
-def pdf_if_present(path: str, root: Path) -> str:
-    """The PDF beside a PNG figure when it exists under ``root`` (vector graphics in the PDF build), else ``path``."""
-    pdf = Path(path).with_suffix(".pdf")
-    return str(pdf) if path.endswith(".png") and (root / pdf).exists() else path

@@ -1,7 +1,7 @@
 """``paper/``: the replication report, regenerated from ``results/<preset>/`` with no manual step.
 
-Writes ``paper/replication.md`` and, from the same Markdown (``avb.report.latex``), ``paper/main.tex``, which ``\\input``s
-the tables written to ``paper/tables/`` and includes the figures copied to ``paper/figures/``. Every number comes
+Writes ``paper/replication.md`` and, from that Markdown alone, ``paper/main.tex`` (pandoc: ``avb.report.latex``), which
+includes the figures copied to ``paper/figures/``; the per-run figures are one grid, a row per run. Every number comes
 from the result files. The report states the preset's full config, every Snakemake invocation that produced the
 results (commit, machine, command, wall time: ``provenance.json``) and the commit and machine that rendered it. The
 discussion of how the numbers differ from the paper's is computed from the results, not written by hand.
@@ -137,6 +137,39 @@ def _include(md_text: str) -> list[str]:
     return [re.sub(r"^#{1,2} ", "### ", line) for line in lines]
 
 
+TABLE_SEPARATOR = re.compile(r"^\|(\s*:?-+:?\s*\|)+\s*$")
+LINE_CHARS = 112   # characters of footnote-size text in the PDF's line (17 cm); a column gap takes 2
+
+
+def column_widths(header: list[str], body: list[list[str]]) -> list[int]:
+    """Relative widths of a wrapped table's columns, in characters: each its longest word (which cannot wrap; a body
+    cell of up to 10 characters, such as ``≈ −109.16``, counts as one word) and one more, and what is left of the
+    line shared in proportion to how much more each column's longest body cell (at most 60 characters) would take."""
+    columns = [[head, *(row[c] for row in body if c < len(row))] for c, head in enumerate(header)]
+    floor = [1 + max(3, *map(len, col[0].split()),
+                     *(len(cell) if len(cell) <= 10 else max(map(len, cell.split())) for cell in col[1:]))
+             for col in columns]
+    want = [max(0, min(max(map(len, col[1:]), default=0), 60) - f) for col, f in zip(columns, floor)]
+    left = max(0, LINE_CHARS - 2 * len(columns) - sum(floor))
+    share = min(1.0, left / sum(want)) if sum(want) else 0.0
+    return [f + round(w * share) for f, w in zip(floor, want)]
+
+
+def pipe_widths(md: str) -> str:
+    """Every pipe table's separator line with as many dashes as ``column_widths`` gives its columns: a Markdown
+    viewer ignores them, pandoc sizes the wrapped columns of a wide table by them (equal widths otherwise)."""
+    lines = md.split("\n")
+    for i, line in enumerate(lines):
+        if i == 0 or not TABLE_SEPARATOR.match(line) or not lines[i - 1].startswith("|"):
+            continue
+        end = next((j for j in range(i + 1, len(lines)) if not lines[j].startswith("|")), len(lines))
+        header, *body = (latex._cells(row) for row in [lines[i - 1], *lines[i + 1:end]])
+        marks = [s.strip() for s in line.strip().strip("|").split("|")]   # alignment colons kept
+        lines[i] = "|" + "|".join((":" if m.startswith(":") else "") + "-" * w + (":" if m.endswith(":") else "")
+                                  for m, w in zip(marks, column_widths(header, body))) + "|"
+    return "\n".join(lines)
+
+
 PER_RUN = ("fig7_png", "fig7_pdf", "interp_png", "interp_pdf")
 RUN_DIR = re.compile(r"(?P<dataset>[^/]+)/(?P<method>[^/]+)/z(?P<z_dim>\d+)/seed(?P<seed>\d+)/[^/]+$")
 
@@ -183,16 +216,25 @@ def render(cfg: dict[str, Any], out_dir: str | Path, inputs: dict[str, str | Non
             copy(f"{key}_pdf")
         return [f"![{caption}]({copy(key + '_png')})", ""]
 
-    def run_figures(key: str, caption: str) -> list[str]:
-        """One figure per run (its own file, so 18 runs stay readable), captioned with the run."""
-        lines = []
-        pdfs = {run_name(p): p for p in per_run.get(f"{key}_pdf", [])}
-        for png in per_run.get(f"{key}_png", []):
-            name = run_name(png)
-            if name in pdfs:
-                copy_file(pdfs[name], f"{name}_{pdfs[name].name}")
-            lines += [f"![{caption} {run_label(png)}.]({copy_file(png, f'{name}_{png.name}')})", ""]
-        return lines
+    def run_grid(columns: dict[str, str], caption: str) -> list[str]:
+        """The per-run figures as one grid, one row per run (a pipe table of images: a Markdown viewer shows it
+        as it is, and ``templates/paper.lua`` lays it out as a figure whose rows may break across pages)."""
+        cells: dict[str, dict[str, str]] = {}
+        labels: dict[str, str] = {}
+        for key, title in columns.items():
+            pdfs = {run_name(p): p for p in per_run.get(f"{key}_pdf", [])}
+            for png in per_run.get(f"{key}_png", []):
+                name = run_name(png)
+                if name in pdfs:
+                    copy_file(pdfs[name], f"{name}_{png.stem}.pdf")   # beside its PNG: the PDF build uses it
+                labels[name] = run_label(png)
+                path = copy_file(png, f"{name}_{png.name}")
+                cells.setdefault(name, {})[key] = f"![{title}: {run_label(png)}]({path})"
+        if not cells:
+            return []
+        rows = ["| run | " + " | ".join(columns.values()) + " |", "|---" * (len(columns) + 1) + "|"]
+        rows += [f"| {labels[name]} | " + " | ".join(cells[name].get(k, "") for k in columns) + " |" for name in cells]
+        return [*rows, "", f": {caption} One row per run ({len(cells)}).", ""]
 
     summary = pd.read_csv(have["summary_csv"])
     pairs = paired(per_image)
@@ -212,13 +254,18 @@ def render(cfg: dict[str, Any], out_dir: str | Path, inputs: dict[str, str | Non
           *(["### Paired comparisons against the VAE", "", *paired_markdown(pairs), ""] if not pairs.empty else []),
           "### All runs, with the IWAE bound and the BDMC sandwich", "",
           *(_include(have["summary_md"].read_text()) if "summary_md" in have else []), "",
-          *figure("samples", "Decoder samples, test images over their reconstructions, and the training ELBO."),
+          *figure("samples", f"One row per run: the decoder's Bernoulli means at {cfg['report']['n_samples']} draws "
+                             "from the prior (left), test images over their reconstructions (middle) and the training "
+                             "ELBO against the step (right; AVB and AVB + AC: the adversary's estimate of the KL; one "
+                             "scale for every row, the last value written in)."),
           *figure("convergence", "AIS log p(x) against the number of annealing steps, and the BDMC sandwich on "
                                  "simulated images."),
-          *(["### Figure 7 replica: training images beside samples, per run", ""] if per_run["fig7_png"] else []),
-          *run_figures("fig7", "Training images (left) beside decoder means at 64 prior draws (right):"),
-          *(["### Latent interpolations between test images, per run", ""] if per_run["interp_png"] else []),
-          *run_figures("interp", "Latent interpolations between pairs of test images (one row per pair):")]
+          *(["### Figure 7 replica and latent interpolations, per run", ""]
+            if per_run["fig7_png"] or per_run["interp_png"] else []),
+          *run_grid({"fig7": "Figure 7 replica", "interp": "latent interpolations"},
+                    "Left: the paper's Figure 7 replicated, (a) 64 training images beside (b) the decoder's Bernoulli "
+                    "means at 64 prior draws. Right: latent interpolations, decoder means along the line between the "
+                    "codes of two test images (one line per pair, the two test images at its ends).")]
     if "toy_md" in have:
         md += ["## Four-image toy (exact log p(x); optimum −log 4)", "",
                *(["### Table 1 replica", "", *_include(have["toy_table1_md"].read_text()), ""]
@@ -233,14 +280,7 @@ def render(cfg: dict[str, Any], out_dir: str | Path, inputs: dict[str, str | Non
                *figure("schools", "Eight schools: (mu, tau) draws of each method beside the HMC gold standard.")]
     md += ["## Configuration", "", f"The preset `{preset}` with every default filled in:", "", "```json",
            json.dumps(cfg, indent=2, sort_keys=True), "```", "", f"Runs in the summary: {len(summary)}."]
-    text = "\n".join(md) + "\n"
+    text = pipe_widths("\n".join(md) + "\n")
     io.write_text(text, out / "replication.md")
 
-    def table_file(index: int, tabular: str) -> str:
-        path = out / "tables" / f"{preset}_table{index}.tex"
-        io.write_text(tabular, path)
-        return str(path.relative_to(out))
-
-    tex = latex.document(text.split("\n", 1)[1], f"AVB replication: preset {preset}", table_file,
-                         lambda p: latex.pdf_if_present(p, out))
-    io.write_text(tex, out / "main.tex")
+    io.write_text(latex.document(text, out), out / "main.tex")
