@@ -219,14 +219,17 @@ def test_slurm_profile_replaces_the_default_one(tmp_path):
 
 
 def test_make_runs_snakemake_with_the_profile_and_args():
-    r = subprocess.run(["make", "-n", "quick", "ARGS=--dry-run --forceall"], cwd=ROOT, capture_output=True, text=True,
-                       timeout=60)
+    # Under `make test` this runs as a sub-make: without MAKELEVEL/MAKEFLAGS it prints no "make[1]: ..." lines.
+    env = {k: v for k, v in os.environ.items() if k not in ("MAKELEVEL", "MAKEFLAGS", "MFLAGS")}
+    make = ["make", "--no-print-directory", "-n"]
+    r = subprocess.run(make + ["quick", "ARGS=--dry-run --forceall"], cwd=ROOT, capture_output=True, text=True,
+                       timeout=60, env=env)
     assert r.returncode == 0, r.stderr
     cmd = r.stdout.strip().splitlines()[-1].split()
     assert cmd[0].endswith("bin/snakemake") and cmd[1:3] == ["--workflow-profile", "profiles/default"]
     assert cmd[3:] == ["--configfile", "config/quick.yaml", "--dry-run", "--forceall"]
-    r = subprocess.run(["make", "-n", "replicate", "PRESET=paper", "PROFILE=slurm", "CORES=8"], cwd=ROOT,
-                       capture_output=True, text=True, timeout=60)
+    r = subprocess.run(make + ["replicate", "PRESET=paper", "PROFILE=slurm", "CORES=8"], cwd=ROOT,
+                       capture_output=True, text=True, timeout=60, env=env)
     cmd = r.stdout.strip().splitlines()[-1].split()
     assert cmd[1:] == ["--workflow-profile", "profiles/slurm", "--cores", "8", "--configfile", "config/paper.yaml"]
 
