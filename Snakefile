@@ -18,12 +18,21 @@ if not workflow.overwrite_configfiles:
     configfile: "config/quick.yaml"
 report: "workflow/report/workflow.rst"
 
+# Overrides (config/README.md): each further --configfile is deep-merged over the ones before (Snakemake's merge),
+# then the --config KEY=VALUE entries, their values read as YAML (avb.config.cli_config; Snakemake's own parser
+# leaves nested values strings), so `--config 'train={steps: 100}'` sets train.steps = 100 and keeps the preset's
+# other train keys. A module's config is given whole by the workflow importing it: no --config of that one applies.
 # Validated once, here, against workflow/schemas/config.schema.yaml (defaults filled in). Snakemake's YAML loader
 # keeps the last of a key written twice; re-read each preset file with one that refuses it.
 try:
     for _configfile in workflow.configfiles:  # the --configfile files, else config/quick.yaml
         avb_config.read_yaml(_configfile)
-    config = avb_config.validate(config, "config (see workflow/schemas/config.schema.yaml)")
+    _cli = {} if workflow.modifier.skip_configfile else avb_config.cli_config(workflow.config_settings.config_args)
+    config = avb_config.validate(
+        avb_config.merge(config, _cli),
+        "config (" + " + ".join([*map(str, workflow.configfiles), *(["--config"] if _cli else [])])
+        + "; see workflow/schemas/config.schema.yaml)",
+    )
 except avb_config.ConfigError as err:
     raise WorkflowError(str(err))
 
