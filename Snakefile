@@ -7,6 +7,9 @@
 import sys
 
 from snakemake.exceptions import WorkflowError
+from snakemake.utils import min_version
+
+min_version("9.0")  # as pyproject.toml's snakemake>=9 (tests/test_workflow.py checks they agree)
 
 from avb import config as avb_config
 from avb import jobs as avb_jobs

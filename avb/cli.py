@@ -226,7 +226,10 @@ def main(argv: list[str] | None = None) -> int:
     rd.add_argument("--check", action="store_true", help="only check that the block is up to date (exit 1 if not)")
 
     c = sub.add_parser("check-config", help="validate a preset config and print it with defaults filled in")
-    c.add_argument("config")
+    c.add_argument("config", nargs="+", help="the preset file, then any override files merged over it in order (as "
+                                             "snakemake --configfile PRESET MORE.yaml)")
+    c.add_argument("--config", dest="cli_config", nargs="+", default=[], metavar="KEY=VALUE",
+                   help="then these, as snakemake --config reads them (values YAML): 'train={steps: 100}'")
     c.add_argument("--rows", action="store_true", help="instead: one JSON object per line, one line per run of the "
                    "sweep, with its method, dataset, z_dim, seed and resolved model, train and eval sections")
 
@@ -325,8 +328,8 @@ def main(argv: list[str] | None = None) -> int:
                 changed = readme.update(a.readme, a.run_dir)
                 print(f"{a.readme}: results block {'rewritten' if changed else 'already up to date'} from {a.run_dir}")
         elif a.cmd == "check-config":
-            from .config import load, rows
-            cfg = load(a.config)
+            from .config import load_merged, rows
+            cfg = load_merged(a.config, a.cli_config)
             if a.rows:
                 for row in rows(cfg):
                     print(json.dumps(row, sort_keys=True))

@@ -145,6 +145,17 @@ def load(path: str | Path) -> dict[str, Any]:
     return validate(read_yaml(path) or {}, source=f"config file {path}")
 
 
+def load_merged(paths: Sequence[str | Path], cli: Sequence[str] = ()) -> dict[str, Any]:
+    """What the Snakefile validates for ``snakemake --configfile PATHS... --config CLI...``: the files deep-merged
+    in order (``merge``), then the ``--config`` entries (``cli_config``); validated, defaults filled in."""
+    cfg: dict[str, Any] = {}
+    for path in paths:
+        cfg = merge(cfg, read_yaml(path) or {})
+    given = " + ".join([*map(str, paths), *(["--config " + " ".join(cli)] if cli else [])])
+    return validate(merge(cfg, cli_config(cli)), source=f"config {given}" if len(paths) > 1 or cli
+                    else f"config file {paths[0]}")
+
+
 # ---------------------------------------------------------------------------------------------------- validation
 def key_path(parts: Iterable[str | int]) -> str:
     """``["overrides", 1, "eval", "ais_steps"]`` -> ``overrides[1].eval.ais_steps``."""
