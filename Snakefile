@@ -18,8 +18,12 @@ from avb.report import provenance as avb_provenance
 # quick.yaml is the default only: a preset given with --configfile is used alone (plus schema defaults), never merged
 # over quick.yaml, so a preset cannot silently inherit quick's small networks for a key it leaves out.
 if not workflow.overwrite_configfiles:
+
     configfile: "config/quick.yaml"
+
+
 report: "workflow/report/workflow.rst"
+
 
 # Overrides (config/README.md): each further --configfile is deep-merged over the ones before (Snakemake's merge),
 # then the --config KEY=VALUE entries, their values read as YAML (avb.config.cli_config; Snakemake's own parser
@@ -33,11 +37,13 @@ try:
     _cli = {} if workflow.modifier.skip_configfile else avb_config.cli_config(workflow.config_settings.config_args)
     config = avb_config.validate(
         avb_config.merge(config, _cli),
-        "config (" + " + ".join([*map(str, workflow.configfiles), *(["--config"] if _cli else [])])
+        "config ("
+        + " + ".join([*map(str, workflow.configfiles), *(["--config"] if _cli else [])])
         + "; see workflow/schemas/config.schema.yaml)",
     )
 except avb_config.ConfigError as err:
     raise WorkflowError(str(err))
+
 
 include: "workflow/rules/common.smk"
 include: "workflow/rules/mnist.smk"
@@ -45,6 +51,7 @@ include: "workflow/rules/toy.smk"
 include: "workflow/rules/schools.smk"
 include: "workflow/rules/claims.smk"
 include: "workflow/rules/paper.smk"
+
 
 # Provenance: each invocation that runs jobs appends its commit, machine, command and wall time (avb/report/provenance.py).
 # Jobs submitted to a cluster run with --no-hooks, so only the main invocation writes the record.
@@ -66,10 +73,10 @@ onerror:
 
 
 rule all:
+    default_target: True
     input:
         MNIST_TARGETS,
         f"{OUT}/claims.csv",
         f"{OUT}/claims.md",
         TOY_TARGETS,
         SCHOOLS_TARGETS,
-    default_target: True
