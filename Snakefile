@@ -1,9 +1,11 @@
 # avb-replication pipeline: train -> evaluate (AIS) -> report.  Default preset: config/quick.yaml
+# Test config:    snakemake --directory .test (its config/config.yaml; results in .test/results/test/)
 # Other presets:  snakemake --configfile config/<preset>.yaml
 # Profiles:       profiles/default (local; Snakemake loads it by itself, as the workflow profile beside this file)
 #                 or --workflow-profile profiles/slurm (SLURM cluster; it replaces the default one)
 # Report:         snakemake --report results/<preset>/report.html [--configfile config/<preset>.yaml]
 # Rules:          workflow/rules/<experiment>.smk (mnist, toy, schools; then claims and paper over all of them)
+import os
 import sys
 
 from snakemake.exceptions import WorkflowError
@@ -16,10 +18,12 @@ from avb import jobs as avb_jobs
 from avb.report import provenance as avb_provenance
 
 # quick.yaml is the default only: a preset given with --configfile is used alone (plus schema defaults), never merged
-# over quick.yaml, so a preset cannot silently inherit quick's small networks for a key it leaves out.
+# over quick.yaml, so a preset cannot silently inherit quick's small networks for a key it leaves out. A working
+# directory with its own config/config.yaml runs that one (the snakemake-workflows convention:
+# `snakemake --directory .test` runs the test config .test/config/config.yaml).
 if not workflow.overwrite_configfiles:
 
-    configfile: "config/quick.yaml"
+    configfile: "config/config.yaml" if os.path.exists("config/config.yaml") else "config/quick.yaml"
 
 
 report: "workflow/report/workflow.rst"

@@ -68,10 +68,14 @@ def test_test_config_is_valid_and_tiny():
 
 
 @pytest.mark.slow
-def test_the_whole_workflow_plans_on_the_test_config(tmp_path):
-    r = snakemake(tmp_path, "-n", "--cores", "1", "--configfile", str(ROOT / ".test" / "config" / "config.yaml"))
+def test_snakemake_directory_dot_test_plans_the_whole_workflow_on_the_test_config(tmp_path):
+    """`snakemake --directory .test` (the template's CI call) runs .test/config/config.yaml, without --configfile:
+    a working directory's config/config.yaml is its default preset (else config/quick.yaml)."""
+    shutil.copytree(ROOT / ".test", tmp_path / ".test")
+    r = snakemake(tmp_path / ".test", "-n", "--cores", "1")
     assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
     assert "rule train:" in r.stdout and "rule claims:" in r.stdout
+    assert "results/test/runs/mnist/avb_ac/z2/seed0/model.pt" in r.stdout and "results/quick" not in r.stdout
 
 
 # ------------------------------------------------------------------------------------------- avb check-config
