@@ -118,6 +118,20 @@ def test_avb_train_raising_steps_continues_bit_for_bit(tmp_path, capsys):
     assert ma.equals(mb) and list(ma.step)[-1] == 40  # the metric rows too (but for the timing)
 
 
+def test_avb_toy_train_takes_the_toy_sections_settings(tmp_path, capsys):
+    from avb import jobs
+    cfg = tmp_path / "config.json"
+    cfg.write_text(json.dumps(jobs.toy_run_config(C.load(ROOT / "config" / "quick.yaml")["toy"], "avb")))
+    assert main(["toy", "train", str(cfg), "train.steps=3", "train.log_every=1", "model.adv_blocks=1", "--device",
+                 "cpu", "--out", str(tmp_path / "a")]) == 0
+    run = torch.load(tmp_path / "a" / "model.pt", weights_only=True)["run"]
+    assert run["train"]["steps"] == 3 and run["model"]["adv_blocks"] == 1 and run["train"]["device"] == "cpu"
+    capsys.readouterr()
+    assert main(["toy", "train", str(cfg), "model.adv_blocks=two", "--out", str(tmp_path / "b")]) == 1
+    assert "toy.model.adv_blocks: 'two' is not of type 'integer'" in capsys.readouterr().err
+    assert not (tmp_path / "b").exists()
+
+
 # ----------------------------------------------------------------------------------------- in the pipeline
 def run_config_json(tmp_path, *args):
     tmp_path.mkdir(parents=True, exist_ok=True)
