@@ -118,6 +118,20 @@ def test_avb_train_raising_steps_continues_bit_for_bit(tmp_path, capsys):
     assert ma.equals(mb) and list(ma.step)[-1] == 40  # the metric rows too (but for the timing)
 
 
+@pytest.mark.gpu
+def test_avb_train_device_cuda_trains_on_the_gpu(tmp_path, capsys):
+    """`--device cuda:0` reaches training: the run's config records it and a 20 + 20 continuation on the GPU resumes
+    (no bit-identity claimed on CUDA)."""
+    cfg = tmp_path / "config.json"
+    cfg.write_text(json.dumps(tiny_run(steps=20)))
+    assert main(["train", str(cfg), "--device", "cuda:0", "--out", str(tmp_path / "a")]) == 0
+    capsys.readouterr()
+    assert main(["train", str(cfg), "train.steps=40", "--device", "cuda:0", "--out", str(tmp_path / "a")]) == 0
+    assert "train.steps raised from 20 to 40" in capsys.readouterr().out
+    ck = torch.load(tmp_path / "a" / "checkpoint.pt", weights_only=True)
+    assert ck["run"]["train"]["device"] == "cuda:0" and ck["step"] == 40
+
+
 def test_avb_toy_train_takes_the_toy_sections_settings(tmp_path, capsys):
     from avb import jobs
     cfg = tmp_path / "config.json"
