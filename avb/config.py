@@ -2,6 +2,9 @@
 
 * ``read_yaml`` / ``load``: a key written twice in one mapping of a preset file is an error naming the key and the
   file (PyYAML and Snakemake silently keep the last one).
+* Overriding (config/README.md): ``merge`` (deep, as a second ``--configfile``), ``cli_config`` (Snakemake's
+  ``--config`` entries with their values read as YAML), ``load_merged`` (``avb check-config PRESET MORE.yaml
+  --config ...``) and ``assign`` (``avb train CONFIG train.steps=100``: dotted keys, each checked by the schema).
 * ``validate``: fills the schema's defaults and raises ``ConfigError`` naming every offending key path
   (``overrides[1].eval.ais_stepz``) and value; non-finite numbers (``.nan``, ``.inf``) are rejected anywhere.
 * ``overrides``: a list of ``{match: {method?, z_dim?, dataset?}, model?, train?, eval?}`` applied in order to every
