@@ -93,3 +93,20 @@ def test_check_config_merges_override_files_and_cli_config_as_the_snakefile(tmp_
     my.write_text("train: {steps: nine}\n")
     assert main(["check-config", str(preset), str(my)]) == 1
     assert "train.steps: 'nine' is not of type 'integer'" in capsys.readouterr().err
+
+
+def test_make_passes_a_quoted_config_override_on_to_snakemake():
+    """config/README.md's `make replicate PRESET=quick ARGS="--config 'train={steps: 100}'"` reaches Snakemake as
+    one --config entry (the shell line make runs, parsed as the shell will)."""
+    import os
+    import shlex
+    env = {k: v for k, v in os.environ.items() if k not in ("MAKELEVEL", "MAKEFLAGS", "MFLAGS")}
+    r = subprocess.run(["make", "--no-print-directory", "-n", "replicate", "PRESET=quick",
+                        "ARGS=--config 'train={steps: 100}'"], cwd=ROOT, capture_output=True, text=True, timeout=60,
+                       env=env)
+    assert r.returncode == 0, r.stderr
+    argv = shlex.split(r.stdout.strip().splitlines()[-1])
+    assert argv[1:3] == ["--workflow-profile", "profiles/default"]
+    assert argv[-4:] == ["--configfile", "config/quick.yaml", "--config", "train={steps: 100}"]
+    assert "make replicate PRESET=quick ARGS=\"--config 'train={steps: 100}'\"" in \
+        (ROOT / "config" / "README.md").read_text()
