@@ -15,7 +15,9 @@ of the estimate, and a negative control for each check, so that a tolerance cann
 """
 from __future__ import annotations
 
+import copy
 import math
+from pathlib import Path
 
 import pytest
 import torch
@@ -392,3 +394,53 @@ def test_iwae_with_the_methods_own_q_is_a_bound_that_tightens(method):
     diff = w500 - w1
     assert diff.mean() > 3 * diff.std() / math.sqrt(len(diff))
     print(f"\n{method}: IWAE_1 {(w1 - exact).mean():+.3f}, IWAE_500 {(w500 - exact).mean():+.3f} nat from exact")
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# the sweep and the schema
+# ----------------------------------------------------------------------------------------------------------------
+
+def test_unknown_method_and_unsupported_arch_are_schema_errors_naming_them(monkeypatch):
+    """An unknown method is an error naming it; an arch outside the method's ``$defs.method_archs`` (shown with a
+    schema in which the IAF supports mlp only: every shipped method supports all three) names the method, the arch
+    and the run, also when an override sets it."""
+    from avb import config as C
+    with pytest.raises(C.ConfigError, match=r"methods\[1\].*'iafx'"):
+        C.validate({"preset": "x", "methods": ["vae", "iafx"]})
+    assert C.method_archs()["iaf"] == C.method_archs()["auxvae"] == ["mlp", "conv0", "conv1"]
+    C.validate({"preset": "x", "methods": ["iaf", "auxvae"], "model": {"arch": "conv1"}})
+    schema = copy.deepcopy(C._schema())   # the cached schema itself stays as it is
+    schema["$defs"]["method_archs"]["x-method-archs"]["iaf"] = ["mlp"]
+    monkeypatch.setattr(C, "_schema", lambda: schema)
+    with pytest.raises(C.ConfigError, match=r"model.arch: 'conv0' is not an architecture of method 'iaf' \(it "
+                                            r"supports mlp; run mnist/iaf/z8\)"):
+        C.validate({"preset": "x", "methods": ["vae", "iaf"], "overrides": [{"match": {"method": "iaf"},
+                                                                             "model": {"arch": "conv0"}}]})
+    C.validate({"preset": "x", "methods": ["vae", "iaf"], "overrides": [{"match": {"method": "vae"},
+                                                                         "model": {"arch": "conv0"}}]})
+
+
+def test_each_run_tracks_only_the_keys_its_method_reads():
+    """The new model keys reach only their method's config.json (so adding them reran none of the earlier runs),
+    and the baselines track no adversary setting."""
+    from avb import config as C
+    from avb import jobs as J
+    cfg = C.validate({"preset": "x", "methods": ["vae", "avb", "avb_ac", "iaf", "auxvae"]})
+    tracked = {m: J.train_config(cfg, "mnist", m, 8, 0) for m in cfg["methods"]}
+    for m, t in tracked.items():
+        assert any(k.startswith("iaf_") for k in t["model"]) == (m == "iaf"), m
+        assert any(k.startswith("aux_") for k in t["model"]) == (m == "auxvae"), m
+    for m in ("iaf", "auxvae"):
+        assert not any(k.startswith("adv_") or k.startswith("eps_") for k in tracked[m]["model"])
+        assert "lr_adversary" not in tracked[m]["train"] and "adversary_steps" not in tracked[m]["train"]
+    assert set(tracked["vae"]["model"]) == {"arch", "hidden"}
+
+
+def test_quick_and_paper_presets_run_the_baselines():
+    from avb import config as C
+    root = Path(__file__).resolve().parent.parent
+    for preset in ("quick", "paper"):
+        assert {"iaf", "auxvae"} <= set(C.load(root / "config" / f"{preset}.yaml")["methods"]), preset
+    quick = C.load(root / "config" / "quick.yaml")
+    aux = C.run_config(quick, "mnist", "auxvae", 8, 0)
+    assert aux["model"]["arch"] == "mlp" and aux["model"]["aux_head_scale"] == 0.1   # finite first losses on full0
