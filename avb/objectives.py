@@ -316,8 +316,20 @@ class IAF(Method):
     log p(z_T) + sum_t softplus(-s_t)] at the sample: the same expectation with less variance, and with zero flow
     layers exactly the VAE's objective (the bracket is an exact 0).
 
-    AIS starts from the Gaussian base q0(z|x) = N(mu, sigma^2) (``proposal``; the official test starts from the
-    prior: a departure, see ``proposal_note``); the IWAE bound uses the flow's own density (``iwae``).
+    AIS starts from the Gaussian base q0(z|x) = N(mu, sigma^2) (``proposal``); the IWAE bound uses the flow's own
+    density (``iwae``).
+
+    Departures from the official code (``avb/iaf``, ``run_iaf.py``):
+
+    * AIS starts from q0(z|x), not from the prior as ``avb/iaf/test.py`` does (its ``energy0`` / ``get_z0`` are the
+      prior's; the encoder start is commented out there). Both are valid starts; the base is closer to the posterior;
+    * the IWAE bound and the exact-density ELBO at evaluation are extras (the official test reports the ELBO only);
+    * the MADE degrees are drawn from torch's global stream seeded by the run's seed (officially numpy's unseeded
+      global stream): the same distribution, reproducible; the masks are buffers, saved with the weights;
+    * ``iaf_layers = 0`` builds no context head (it would feed nothing), so the model is the VAE's exactly;
+    * options not in the official code: ``train_flow`` (``model.iaf_train_flow``) and ``kl = "analytic"``
+      (``model.iaf_kl``), both off by default; the KL annealing of ``--is-anneal`` (off by default there) and the
+      conv3 / celebA networks are not ported.
     """
 
     name = "iaf"
@@ -382,7 +394,17 @@ class AuxVAE(Method):
     p(x); x~'s density cancels).
 
     AIS starts as the official test does: from N(z; mu(x, a), sigma(x, a)^2) at one draw a ~ q(a|x) per image (per
-    call of ``proposal``, shared by all chains). The IWAE bound uses the joint q(a, z|x) and r (``iwae``).
+    call of ``proposal``, shared by all chains). The IWAE bound uses the joint q(a, z|x) and r (``iwae``). All four
+    networks are trained (the official train op's scopes ``encoder`` and ``decoder`` match ``encoder_aux`` and
+    ``decoder_aux`` too).
+
+    Departures from the official code (``avb/auxvae``, ``run_auxvae.py``):
+
+    * ``model.aux_head_scale`` (an option; default as coded: 0.1 on the conv1 heads of q(a|x) and r, 1 elsewhere)
+      sets that factor on every arch. As coded, the full0 networks start with so wide an a and z that r's log-std
+      overflows (non-finite losses at the first step); the presets that use ``mlp`` set 0.1;
+    * the IWAE bound in the extended space (a, z, x~) and the ELBO over several draws at evaluation are extras;
+    * the KL annealing of ``--is-anneal`` (off by default there) is not ported.
     """
 
     name = "auxvae"
