@@ -96,7 +96,7 @@ def _images(method: str, z_dim: int, *, arch: str, hidden: int, eps_dim: int, ep
 
 def _auxvae(arch: str, z_dim: int, a_dim: int, hidden: int, decoder: nn.Module,
             head_scale: float | None = None) -> AuxVAE:
-    """The official ``avb/auxvae/models/<arch>.py`` networks: q(z|x, a), q(a|x) and r(a|x~, z) (``ConditionalGaussian``).
+    """The official ``avb/auxvae/models/<arch>.py`` networks q(z|x, a), q(a|x), r(a|x~, z) (``ConditionalGaussian``).
 
     full0: FC ``hidden`` x 2 softplus on concat(x, c); conv0: the conv0 stack (ELU, batch norm on the first three
     convs), c concatenated to its features, linear heads; conv1: the conv1 stack (softplus), c concatenated, FC800

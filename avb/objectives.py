@@ -389,8 +389,8 @@ class AuxVAE(Method):
     """The auxiliary VAE (Maaløe et al. 2016) as the official ``avb/auxvae``: a ~ q(a|x) (``encoder_aux``), z ~
     q(z|x, a) (``encoder``), both Gaussian; the generative model is the VAE's p(z) p(x|z), extended by r(a|x~, z)
     (``decoder_aux``), x~ ~ p(x|z) one draw of the decoder (``log_likelihood_and_draw``; as coded: r sees a sample
-    of the decoder, not the data x, and the draw carries no gradient). KL = [log q(z|x,a) - log p(z)] + [log q(a|x) - log r(a|x~, z)] at the
-    sample; ELBO = -recon - KL is a lower bound on log p(x) (the model p(z) p(x|z) p(x~|z) r(a|x~, z) has marginal
+    of the decoder, not the data x, and the draw carries no gradient). KL = [log q(z|x,a) - log p(z)] + [log q(a|x)
+    - log r(a|x~, z)] at the sample; ELBO = -recon - KL is a lower bound on log p(x) (the model p(z) p(x|z) p(x~|z) r(a|x~, z) has marginal
     p(x); x~'s density cancels).
 
     AIS starts as the official test does: from N(z; mu(x, a), sigma(x, a)^2) at one draw a ~ q(a|x) per image (per

@@ -60,8 +60,8 @@ def discussion(summary: pd.DataFrame, cfg: dict[str, Any], pairs: pd.DataFrame |
                      "coded, the IAF layers are not trained (the official train op takes the encoder and decoder "
                      "variables only; `model.iaf_train_flow`) and the auxiliary VAE's r(a|x~, z) sees a decoder draw "
                      "x~, not the data; AIS starts from the IAF's Gaussian base (the official test starts it from the "
-                     "prior) and from the auxiliary VAE's q(z|x, a) at one draw of a (as the official test); their IWAE "
-                     "bounds use the flow and the joint q(a, z|x).")
+                     "prior) and from the auxiliary VAE's q(z|x, a) at one draw of a (as the official test); their "
+                     "IWAE bounds use the flow and the joint q(a, z|x).")
     agg = tables.with_published(tables.aggregate(summary))
     for r in agg.itertuples():
         label = f"{tables.LABELS[r.method]} ({r.z_dim}-dim)"
@@ -272,8 +272,8 @@ def render(cfg: dict[str, Any], out_dir: str | Path, inputs: dict[str, str | Non
           *(_include(have["summary_md"].read_text()) if "summary_md" in have else []), "",
           *figure("samples", f"One row per run: the decoder's Bernoulli means at {cfg['report']['n_samples']} draws "
                              "from the prior (left), test images over their reconstructions (middle) and the training "
-                             "ELBO against the step (right; AVB and AVB + AC: the adversary's estimate of the KL; VAE + "
-                             "IAF and the auxiliary VAE: their single-sample KL, a bound; one "
+                             "ELBO against the step (right; AVB and AVB + AC: the adversary's estimate of the KL; "
+                             "VAE + IAF and the auxiliary VAE: their single-sample KL, a bound; one "
                              "scale for every row, the last value written in)."),
           *figure("convergence", "AIS log p(x) against the number of annealing steps, and the BDMC sandwich on "
                                  "simulated images."),
