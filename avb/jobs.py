@@ -89,9 +89,10 @@ def train_config(cfg: dict[str, Any], dataset: str, method: str, z_dim: int, see
 
 def eval_config(cfg: dict[str, Any], dataset: str, method: str, z_dim: int, seed: int) -> dict[str, Any]:
     """The run's resolved ``eval`` section, as ``avb evaluate --config`` reads it (``ac_moment_draws`` only for
-    AVB + AC, the one method with moments to estimate)."""
+    AVB + AC, the one method with moments to estimate; ``iaf_ais_start`` only for VAE + IAF)."""
     ev = run_config(cfg, dataset, method, z_dim, seed)["eval"]
-    return {k: v for k, v in ev.items() if k != "ac_moment_draws" or method == "avb_ac"}
+    return {k: v for k, v in ev.items() if (k != "ac_moment_draws" or method == "avb_ac")
+            and (k != "iaf_ais_start" or method == "iaf")}
 
 
 # eval keys the AIS-budget study does not read: it runs its own budgets on its own images (config `convergence`).

@@ -97,7 +97,7 @@ def every_model():
 # What every caller may rely on, per method: (elbo_is_bound, has_proposal, proposal_is_q, ac, label).
 TRAITS = {"vae": (True, True, True, False, "VAE"), "avb": (False, False, False, False, "AVB"),
           "avb_ac": (False, True, False, True, "AVB + AC"),
-          "iaf": (True, True, False, False, "VAE + IAF"), "auxvae": (True, True, False, False, "Auxiliary VAE"),
+          "iaf": (True, False, False, False, "VAE + IAF"), "auxvae": (True, True, False, False, "Auxiliary VAE"),
           "advi_meanfield": (True, False, False, False, "ADVI mean-field"),
           "advi_fullrank": (True, False, False, False, "ADVI full-rank")}
 

@@ -88,7 +88,7 @@ def test_departures_are_written_at_the_top_of_the_preset():
     head = (ROOT / "config/paper.yaml").read_text().split("\npreset:", 1)[0]
     for phrase in ("AVB 32-dim", "no launch script", "n_test = 2048", "2560", "1280", "standard error over images",
                    "--is-train", "VAE + IAF and the auxiliary VAE", "--iaf-nlayers 8", "--a-dim 100",
-                   "starts from the prior"):
+                   "the IAF from the prior"):
         assert phrase in head, phrase
 
 

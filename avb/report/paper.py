@@ -59,8 +59,8 @@ def discussion(summary: pd.DataFrame, cfg: dict[str, Any], pairs: pd.DataFrame |
                      "(no launch script exists for either), trained by the same loop and scored by the same AIS. As "
                      "coded, the IAF layers are not trained (the official train op takes the encoder and decoder "
                      "variables only; `model.iaf_train_flow`) and the auxiliary VAE's r(a|x~, z) sees a decoder draw "
-                     "x~, not the data; AIS starts from the IAF's Gaussian base (the official test starts it from the "
-                     "prior) and from the auxiliary VAE's q(z|x, a) at one draw of a (as the official test); their "
+                     "x~, not the data; AIS starts as the official tests do, the IAF from the prior (or from its "
+                     "Gaussian base: `eval.iaf_ais_start`), the auxiliary VAE from q(z|x, a) at one draw of a; their "
                      "IWAE bounds use the flow and the joint q(a, z|x).")
     agg = tables.with_published(tables.aggregate(summary))
     for r in agg.itertuples():
