@@ -93,3 +93,5 @@ def test_table2_shows_our_baselines_beside_the_literature_values_of_the_same_met
     assert "not run here" in hvi
     order = list(tables.aggregate(df).sort_values("method", key=lambda s: s.map(tables.METHOD_ORDER)).method)
     assert order == ["vae", "iaf", "auxvae"]
+    tex = tables.table2_latex(tables.aggregate(df))
+    assert "Kingma et al., 2016" in tex and "VAE + IAF (8-dim)" in tex and "?" not in tex and "≈" not in tex
