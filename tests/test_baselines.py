@@ -6,12 +6,16 @@ of the estimate, and a negative control for each check, so that a tolerance cann
     Jacobian is triangular up to the order reversal (the MADE masks).
 (b) IAF with zero flow layers is the VAE bit for bit (with ``iaf_kl = "analytic"``: same initial weights, same random
     stream, same losses, gradients and training trajectory); with the coded ``"sample"`` KL it draws the VAE's z and
-    its KL is the VAE's analytic one in expectation.
+    its KL is the VAE's analytic one in expectation; with flow layers the two estimators agree in expectation; the
+    flow is untrained as coded.
 (c) The auxiliary VAE's ELBO (``Step.elbo``, Monte Carlo) against its closed form on a linear-Gaussian model, where
     q(a|x), q(z|x, a), r(a|x~, z) and p(x|z) are linear-Gaussian so every expectation is a Gaussian integral; the
     closed form is below the exact log p(x).
 (d) AIS from each method's start (``Method.proposal``) and the IWAE bound with each method's own q
     (``Method.iwae``) against the exact log p(x) of that model.
+(e) The sweep and the schema (unknown method, unsupported arch, the keys each run tracks, the presets), and both
+    methods trained by the one loop (deterministic, continued bit-identically), scored by the one evaluation and
+    run end to end through the workflow into the Table 2 replica (slow).
 """
 from __future__ import annotations
 
