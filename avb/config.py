@@ -268,7 +268,28 @@ def validate(config: dict[str, Any], source: str = "config") -> dict[str, Any]:
     _raise_errors(_with_defaults(jsonschema.Draft202012Validator)(schema).iter_errors(cfg), source)
     cfg["overrides"] = copy.deepcopy(config.get("overrides", []))
     _check_overrides(cfg, source)
+    _check_archs(cfg, source, schema)
     return cfg
+
+
+def method_archs(schema: dict[str, Any] | None = None) -> dict[str, list[str]]:
+    """The ``model.arch`` values each image method supports (the schema's ``$defs.method_archs``)."""
+    return (schema or _schema())["$defs"]["method_archs"]["x-method-archs"]
+
+
+def _check_archs(cfg: dict[str, Any], source: str, schema: dict[str, Any]) -> None:
+    """Every run's resolved ``model.arch`` (overrides applied) is one its method supports."""
+    archs, lines = method_archs(schema), []
+    for r in sweep(cfg):
+        arch = run_config(cfg, **r)["model"]["arch"]
+        if arch not in archs.get(r["method"], []):
+            line = (f"  model.arch: {arch!r} is not an architecture of method {r['method']!r} (it supports "
+                    f"{', '.join(archs.get(r['method'], [])) or 'none'}; run {r['dataset']}/{r['method']}/"
+                    f"z{r['z_dim']})")
+            if line not in lines:
+                lines.append(line)
+    if lines:
+        raise ConfigError(f"invalid {source}:\n" + "\n".join(lines))
 
 
 def _check_overrides(cfg: dict[str, Any], source: str) -> None:

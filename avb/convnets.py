@@ -141,13 +141,14 @@ class ConvStack(nn.Module):
         return h.flatten(1)
 
 
-def trunk(arch: str, act: type[nn.Module]) -> tuple[nn.Module, int]:
-    """The noise-free (centred) x -> h body of the VAE and AC encoders and its width.
+def trunk(arch: str, act: type[nn.Module], conv0_bn: bool = True) -> tuple[nn.Module, int]:
+    """The noise-free (centred) x -> h body of the VAE, AC and IAF encoders and its width.
 
-    conv0: 4 convs 64/128/256/512 (s 1, 1, 2, 2), batch norm on the first three; conv1: 3 convs 16/32/32 (s2) -> FC800.
+    conv0: 4 convs 64/128/256/512 (s 1, 1, 2, 2), batch norm on the first three (none with ``conv0_bn = False``: the
+    official IAF conv0 encoder, whose ``arg_scope`` sets ``normalizer_fn=None``); conv1: 3 convs 16/32/32 (s2) -> FC800.
     """
     if arch == "conv0":
-        stack = ConvStack(*CONV0, act, n_bn=3)
+        stack = ConvStack(*CONV0, act, n_bn=3 if conv0_bn else 0)
         return stack, stack.out_dim
     if arch == "conv1":
         stack = ConvStack(*CONV1, act)

@@ -5,7 +5,10 @@ The test images are dynamically binarised once with a fixed seed (the same draw 
 methods are scored on identical binary images. What is reported follows the method's traits (``avb.objectives``),
 not its name: AVB's ELBO uses the adversary's KL estimate, it is not a bound, and the outputs say so
 (``elbo_is_bound``). The IWAE bound with ``iwae_samples`` samples (default 100) uses the proposal AIS starts from
-(``Method.proposal``): the VAE encoder's Gaussian, AVB+AC's Gaussian r(z|x); plain AVB's implicit encoder has no
+(``Method.proposal``): the VAE encoder's Gaussian, AVB+AC's Gaussian r(z|x); IAF and the auxiliary VAE use their
+own q (``Method.iwae``: the flow, the joint q(a, z|x)), AIS starting from the prior for the IAF (its official test;
+``eval.iaf_ais_start: base`` for its Gaussian base) and from the auxiliary VAE's q(z|x, a) at one draw of a (as its
+official test); plain AVB's implicit encoder has no
 density, so its IWAE is NaN and ``iwae_note`` (``Method.proposal_note``) says why. Optional ``ais_memory_mb`` caps
 the rows per decoder call of AIS and IWAE by a memory budget (no effect on the numbers; see ``avb.ais``).
 
@@ -63,13 +66,19 @@ def elbo_per_image(model: Method, x: torch.Tensor, n_samples: int,
 
 def iwae_per_image(model: Method, x: torch.Tensor, init: tuple[torch.Tensor, torch.Tensor] | None, k: int,
                    generator: torch.Generator, max_rows: int | None = None) -> tuple[np.ndarray, str]:
-    """IWAE_k per image with the Gaussian ``init`` as proposal (``model.proposal``), and ``model.proposal_note``.
+    """IWAE_k per image with the Gaussian ``init`` as proposal (``model.proposal``), and ``model.proposal_note``;
+    a method with a density of its own beyond that Gaussian (``Method.iwae``: IAF's flow, the auxiliary VAE's joint
+    q(a, z|x)) uses it instead, with the same generator.
 
     A method without a proposal (init None: plain AVB, whose implicit encoder has no density) gets NaN, never a
     number.
     """
     if k <= 0:
         return np.full(len(x), math.nan), "disabled (iwae_samples = 0)"
+    with torch.no_grad():
+        own = model.iwae(x, k, generator, max_rows=4096 if max_rows is None else max_rows)
+    if own is not None:
+        return own.cpu().numpy(), model.proposal_note
     if init is None:
         return np.full(len(x), math.nan), model.proposal_note
     values = iwae_bound(model.decoder.log_likelihood, x, init[0], init[1], k, generator=generator,
@@ -102,11 +111,20 @@ def bdmc_on_simulated(model: Method, settings: dict[str, Any], generator: torch.
             "bdmc_width_se": float(width.std() / math.sqrt(n)) if n > 1 else math.nan}
 
 
+def configure(model: Method, settings: dict[str, Any]) -> Method:
+    """The evaluation-time choices of a method, from the ``eval`` settings: VAE + IAF's AIS start
+    (``iaf_ais_start``, the prior where the settings have none)."""
+    if hasattr(model, "set_ais_start"):
+        model.set_ais_start(settings.get("iaf_ais_start", "prior"))
+    return model
+
+
 def evaluate(model_path: str | Path, settings: dict[str, Any], out_csv: str | Path, out_json: str | Path,
              progress: bool = True, data_dir: str | Path | None = None) -> dict[str, Any]:
     """Run AIS, the ELBO and the IWAE bound on the test subset; writes per-image CSV and a summary JSON atomically."""
     device = resolve_device(settings["device"])
     model, run = load_model(model_path, device)
+    configure(model, settings)
     torch.manual_seed(settings["seed"])
     x_all = test_images(run, settings["n_test"], settings["seed"], data_dir).to(device)
     gen = torch.Generator().manual_seed(settings["seed"] + 1)
@@ -178,6 +196,7 @@ def ais_convergence(model_path: str | Path, settings: dict[str, Any], steps: lis
     """
     device = resolve_device(settings["device"])
     model, run = load_model(model_path, device)
+    configure(model, settings)
     x_test = test_images(run, n_images, settings["seed"], data_dir).to(device)
     x_sim, z_sim = simulate_bernoulli(model.decoder, n_images, model.z_dim,
                                       torch.Generator().manual_seed(settings["seed"] + 3))

@@ -5,7 +5,8 @@ A run config's ``experiment`` is ``toy`` or ``schools``; the image runs (MNIST-t
 have none. Each experiment's networks are the shared blocks of ``avb.nets`` (and ``avb.convnets``) at its sizes:
 
 * images: ``model.arch`` ``mlp`` (the official full0: 784-300-300 softplus, the AVB encoder adding Linear(eps) at
-  every layer), ``conv0`` or ``conv1`` (``avb.convnets``) for the encoder and decoder; ``model.adv_arch`` ``conv0``
+  every layer), ``conv0`` or ``conv1`` (``avb.convnets``) for the encoder and decoder (IAF: the VAE's encoder with
+  a context head, ``iaf_layers`` IAF layers; the auxiliary VAE: ``_auxvae``); ``model.adv_arch`` ``conv0``
   (the inner-product adversary, sized by ``adv_hidden`` / ``adv_embed`` / ``adv_layers``; every official MNIST
   script uses it) or ``conv1``, picked independently as the official scripts do;
 * toy (``avb.toy``, the notebooks): 3 x FC ``hidden`` ELU bodies on the raw one-hot x, the AVB encoder on
@@ -24,12 +25,12 @@ import torch
 from torch import nn
 
 from . import convnets
-from .nets import (X_DIM, Decoder, GaussianEncoder, ImplicitEncoder, InnerProductAdversary, NoiseBasisEncoder,
-                   NoiseInjectedMLP, ResidualAdversary, mlp)
-from .objectives import AVB, LOG_2PI, VAE, GaussianVI, Method
+from .nets import (X_DIM, ConditionalGaussian, Decoder, GaussianEncoder, IAFEncoder, IAFFlow, ImplicitEncoder,
+                   InnerProductAdversary, NoiseBasisEncoder, NoiseInjectedMLP, ResidualAdversary, linear, mlp)
+from .objectives import AVB, IAF, LOG_2PI, VAE, AuxVAE, GaussianVI, Method
 
 EXPERIMENTS = ("images", "toy", "schools")
-METHODS = ("vae", "avb", "avb_ac")  # of the image experiment
+METHODS = ("vae", "avb", "avb_ac", "iaf", "auxvae")  # of the image experiment
 ARCHS = ("mlp", "conv0", "conv1")
 ADV_ARCHS = ("conv0", "conv1")
 
@@ -55,7 +56,9 @@ def build(run: dict[str, Any]) -> Method:
 
 
 def _images(method: str, z_dim: int, *, arch: str, hidden: int, eps_dim: int, eps_nbasis: int, adv_arch: str,
-            adv_hidden: int, adv_embed: int, adv_layers: int, conv0_decoder_act: str) -> Method:
+            adv_hidden: int, adv_embed: int, adv_layers: int, conv0_decoder_act: str, iaf_layers: int,
+            iaf_a_dim: int, iaf_h_dim: int, iaf_train_flow: bool, iaf_kl: str, aux_a_dim: int,
+            aux_head_scale: float | None) -> Method:
     if method not in METHODS:
         raise ValueError(f"unknown method {method!r}; expected one of {', '.join(METHODS)}")
     if arch not in ARCHS:
@@ -72,6 +75,14 @@ def _images(method: str, z_dim: int, *, arch: str, hidden: int, eps_dim: int, ep
         else convnets.decoder(arch, z_dim, conv0_decoder_act)
     if method == "vae":
         return VAE(z_dim, decoder, GaussianEncoder(*body(nn.ELU if arch == "conv0" else nn.Softplus), z_dim))
+    if method == "iaf":  # the VAE's bodies, but the conv0 one without batch norm (avb/iaf/models/conv0.py)
+        trunk = body(nn.Softplus) if arch != "conv0" else convnets.trunk("conv0", nn.ELU, conv0_bn=False)
+        a_dim = iaf_a_dim if iaf_layers else 0
+        encoder = IAFEncoder(*trunk, z_dim, a_dim)
+        return IAF(z_dim, decoder, encoder, IAFFlow(z_dim, iaf_layers, iaf_h_dim, a_dim), kl=iaf_kl,
+                   train_flow=iaf_train_flow)
+    if method == "auxvae":
+        return _auxvae(arch, z_dim, aux_a_dim, hidden, decoder, aux_head_scale)
     if method == "avb":
         net = NoiseInjectedMLP([X_DIM, hidden, hidden], eps_dim, z_dim) if full0 \
             else convnets.ConvNoiseNet(arch, z_dim, eps_dim)
@@ -81,6 +92,32 @@ def _images(method: str, z_dim: int, *, arch: str, hidden: int, eps_dim: int, ep
     adversary = InnerProductAdversary(z_dim, adv_hidden, adv_embed, adv_layers) if adv_arch == "conv0" \
         else convnets.ConvAdversary(z_dim)
     return AVB(z_dim, decoder, encoder, adversary, adaptive_contrast=method == "avb_ac")
+
+
+def _auxvae(arch: str, z_dim: int, a_dim: int, hidden: int, decoder: nn.Module,
+            head_scale: float | None = None) -> AuxVAE:
+    """The official ``avb/auxvae/models/<arch>.py`` networks q(z|x, a), q(a|x), r(a|x~, z) (``ConditionalGaussian``).
+
+    full0: FC ``hidden`` x 2 softplus on concat(x, c); conv0: the conv0 stack (ELU, batch norm on the first three
+    convs), c concatenated to its features, linear heads; conv1: the conv1 stack (softplus), c concatenated, FC800
+    softplus, heads (those of q(a|x) and r scaled by 0.1, as coded). ``head_scale`` (``model.aux_head_scale``)
+    replaces that factor of q(a|x)'s and r's heads on every arch; None: as coded (0.1 on conv1, else 1; with 1 the
+    full0 networks' initial a and z are so wide that r's log-std overflows: non-finite losses at the first step).
+    """
+    def net(cond_dim: int, out_dim: int, head_scale: float) -> ConditionalGaussian:
+        if arch == "mlp":
+            return ConditionalGaussian(nn.Identity(), mlp([X_DIM + cond_dim, hidden, hidden], nn.Softplus,
+                                                          out_act=nn.Softplus()), hidden, out_dim, head_scale)
+        if arch == "conv0":
+            stack = convnets.ConvStack(*convnets.CONV0, nn.ELU, n_bn=3)
+            return ConditionalGaussian(stack, nn.Identity(), stack.out_dim + cond_dim, out_dim, head_scale)
+        stack = convnets.ConvStack(*convnets.CONV1, nn.Softplus)
+        post = nn.Sequential(linear(stack.out_dim + cond_dim, convnets.CONV1_FC), nn.Softplus())
+        return ConditionalGaussian(stack, post, convnets.CONV1_FC, out_dim, head_scale)
+
+    aux_scale = head_scale if head_scale is not None else (0.1 if arch == "conv1" else 1.0)
+    return AuxVAE(z_dim, a_dim, decoder, encoder=net(a_dim, z_dim, 1.0), encoder_aux=net(0, a_dim, aux_scale),
+                  decoder_aux=net(z_dim, a_dim, aux_scale))
 
 
 def _toy(method: str, model: dict[str, Any] | None) -> Method:

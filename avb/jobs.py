@@ -21,18 +21,23 @@ from .config import ConfigError, choices, defaults, run_config
 # Keys a job does not read are left out of what it tracks, so that changing them reruns nothing of it. Only keys
 # known to be unread are dropped: a key added to the schema later is kept (it reruns too much, never too little).
 ADVERSARY_TRAIN_KEYS = ("lr_adversary", "adversary_steps")
+ADVERSARY_FREE = ("vae", "iaf", "auxvae")   # the image methods without an adversary
 
 
 def unread_model_keys(method: str, model: dict[str, Any]) -> set[str]:
     """The ``model`` keys that ``avb.experiments.build`` does not read for ``method`` with these networks."""
     unread = set()
-    if method == "vae":   # no adversary, no encoder noise
+    if method in ADVERSARY_FREE:   # no adversary, no encoder noise
         unread |= {k for k in model if k.startswith("adv_")} | {"eps_dim", "eps_nbasis"}
     elif method == "avb":  # no noise basis
         unread.add("eps_nbasis")
+    if method != "iaf":
+        unread |= {k for k in model if k.startswith("iaf_")}
+    if method != "auxvae":
+        unread |= {k for k in model if k.startswith("aux_")}
     full = {**defaults("model"), **model}  # unset keys: the schema's defaults, as avb.experiments.build fills them
     arch, adv_arch = full["arch"], full["adv_arch"]
-    if method != "vae" and adv_arch != "conv0":  # the conv1 adversary has fixed sizes
+    if method not in ADVERSARY_FREE and adv_arch != "conv0":  # the conv1 adversary has fixed sizes
         unread |= {"adv_hidden", "adv_embed", "adv_layers"}
     if arch != "mlp":
         unread.add("hidden")
@@ -76,7 +81,7 @@ def train_config(cfg: dict[str, Any], dataset: str, method: str, z_dim: int, see
     the wildcards, the dataset's content checksum, and the ``model`` / ``train`` keys the method reads."""
     run = run_config(cfg, dataset, method, z_dim, seed)
     unread = unread_model_keys(method, run["model"])
-    train = {k: v for k, v in run["train"].items() if method != "vae" or k not in ADVERSARY_TRAIN_KEYS}
+    train = {k: v for k, v in run["train"].items() if method not in ADVERSARY_FREE or k not in ADVERSARY_TRAIN_KEYS}
     return {"method": method, "dataset": dataset, "z_dim": int(z_dim), "seed": int(seed),
             "data_sha256": DATASET_SHA256[dataset],
             "model": {k: v for k, v in run["model"].items() if k not in unread}, "train": train}
@@ -84,9 +89,10 @@ def train_config(cfg: dict[str, Any], dataset: str, method: str, z_dim: int, see
 
 def eval_config(cfg: dict[str, Any], dataset: str, method: str, z_dim: int, seed: int) -> dict[str, Any]:
     """The run's resolved ``eval`` section, as ``avb evaluate --config`` reads it (``ac_moment_draws`` only for
-    AVB + AC, the one method with moments to estimate)."""
+    AVB + AC, the one method with moments to estimate; ``iaf_ais_start`` only for VAE + IAF)."""
     ev = run_config(cfg, dataset, method, z_dim, seed)["eval"]
-    return {k: v for k, v in ev.items() if k != "ac_moment_draws" or method == "avb_ac"}
+    return {k: v for k, v in ev.items() if (k != "ac_moment_draws" or method == "avb_ac")
+            and (k != "iaf_ais_start" or method == "iaf")}
 
 
 # eval keys the AIS-budget study does not read: it runs its own budgets on its own images (config `convergence`).

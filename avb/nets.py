@@ -137,6 +137,14 @@ class Decoder(nn.Module):
         """log p(x|z) per row, summed over pixels."""
         return -F.binary_cross_entropy_with_logits(self(z), x, reduction="none").sum(-1)
 
+    def log_likelihood_and_draw(self, x: torch.Tensor, z: torch.Tensor, u: torch.Tensor
+                                ) -> tuple[torch.Tensor, torch.Tensor]:
+        """(log p(x|z), one draw x~ ~ p(x|z)) from one pass: x~ = [u <= sigmoid(logits)] for uniforms u, as the
+        official ``get_decoder_samples`` (Bernoulli); the draw carries no gradient."""
+        logits = self(z)
+        draw = (u <= torch.sigmoid(logits).detach()).to(x.dtype)
+        return -F.binary_cross_entropy_with_logits(logits, x, reduction="none").sum(-1), draw
+
 
 class GaussianEncoder(nn.Module):
     """VAE encoder: h = body(x) of width ``width`` -> (mean, log std) linear heads."""
@@ -289,3 +297,114 @@ class ResidualAdversary(nn.Module):
         z = torch.cat(zs) if len(zs) > 1 else zs[0]
         xs = x.repeat(len(zs), 1) if self.x_dim else None
         return one_or_tuple(tuple(self.t(xs, z).split([len(u) for u in zs])))
+
+
+# ------------------------------------------------------------------------------ IAF flow, auxiliary-VAE networks
+class MaskedLinear(nn.Module):
+    """The official ``masked_linear_layer``: y = x (M * W) + b, W Xavier-initialised on its full [in, out] shape
+    (the masked entries included, as coded), b zero; the 0/1 ``mask`` [in, out] is a buffer (the official
+    non-trainable variable), so a checkpoint carries it."""
+
+    def __init__(self, n_in: int, n_out: int, mask: torch.Tensor):
+        super().__init__()
+        self.weight = nn.Parameter(nn.init.xavier_uniform_(torch.empty(n_in, n_out)))
+        self.bias = nn.Parameter(torch.zeros(n_out))
+        self.register_buffer("mask", mask.float())
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return torch.addmm(self.bias, x, self.mask * self.weight)
+
+
+def made_masks(z_dim: int, h_dim: int, generator: torch.Generator | None = None
+               ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """The official IAF layer's masks: hidden unit k gets a degree m_k ~ U{1, ..., z_dim - 1}; M1 [z, h] lets unit k
+    see inputs d <= m_k, M2 [h, z] lets output d see units with m_k < d, M3 [z, z] lets output j see inputs i < j
+    (the direct connection). Output d so depends on z_1..z_{d-1} only: the Jacobian is triangular."""
+    if z_dim < 2:
+        raise ValueError(f"an IAF layer needs z_dim >= 2 (its degrees are drawn from 1..z_dim-1), got {z_dim}")
+    m = torch.randint(1, z_dim, (h_dim,), generator=generator)
+    d = torch.arange(1, z_dim + 1)
+    return ((m[None, :] >= d[:, None]).float(), (m[:, None] < d[None, :]).float(),
+            (d[None, :] > d[:, None]).float())
+
+
+class IAFLayer(nn.Module):
+    """One official IAF layer (``avb/iaf/models/__init__.py: iaf_layer``; ``apply_iaf`` passes ELU):
+
+    h = ELU(masked(z; M1) + Linear(a)), m = 0.1 (masked(h; M2) + masked(z; M3)), s = 1 + 0.01 (masked(h; M2') +
+    masked(z; M3')) with four masked layers of their own; then z <- sigma z + (1 - sigma) m, sigma = sigmoid(s),
+    log q += sum softplus(-s) (= -log sigma), and the order of z is reversed.
+    """
+
+    def __init__(self, z_dim: int, h_dim: int, a_dim: int, generator: torch.Generator | None = None):
+        super().__init__()
+        m1, m2, m3 = made_masks(z_dim, h_dim, generator)
+        self.inp = MaskedLinear(z_dim, h_dim, m1)
+        self.context = linear(a_dim, h_dim)
+        self.m_h, self.m_z = MaskedLinear(h_dim, z_dim, m2), MaskedLinear(z_dim, z_dim, m3)
+        self.s_h, self.s_z = MaskedLinear(h_dim, z_dim, m2), MaskedLinear(z_dim, z_dim, m3)
+
+    def shift_and_gate(self, z: torch.Tensor, a: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """(m, s) of the layer at z with context a."""
+        h = F.elu(self.inp(z) + self.context(a))
+        return 0.1 * (self.m_h(h) + self.m_z(z)), 1.0 + 0.01 * (self.s_h(h) + self.s_z(z))
+
+    def forward(self, z: torch.Tensor, a: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """(the reversed new z, -log |det dz_new/dz| per row)."""
+        m, s = self.shift_and_gate(z, a)
+        sigma = torch.sigmoid(s)
+        return (sigma * z + (1 - sigma) * m).flip(-1), F.softplus(-s).sum(-1)
+
+
+class IAFFlow(nn.Module):
+    """The official ``apply_iaf``: ``n_layers`` IAF layers in turn; returns z_T and sum of -log |det| (added to
+    log q0). Zero layers: the identity (z_T is z_0 itself, the sum an exact 0)."""
+
+    def __init__(self, z_dim: int, n_layers: int, h_dim: int, a_dim: int, generator: torch.Generator | None = None):
+        super().__init__()
+        self.layers = nn.ModuleList([IAFLayer(z_dim, h_dim, a_dim, generator) for _ in range(n_layers)])
+
+    def forward(self, z: torch.Tensor, a: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        neg_log_det = torch.zeros(z.shape[:-1], dtype=z.dtype, device=z.device)
+        for layer in self.layers:
+            z, nld = layer(z, a)
+            neg_log_det = neg_log_det + nld
+        return z, neg_log_det
+
+
+class IAFEncoder(GaussianEncoder):
+    """The official IAF encoder: the VAE's body and (mean, log std) heads plus a linear context head a (``iaf_a_dim``
+    wide) that every IAF layer reads. The heads are made in the VAE's order, the context head last, so the body and
+    the Gaussian heads draw the VAE's initial weights; ``a_dim = 0`` (no flow layers): no context head at all, and
+    the encoder is the VAE's."""
+
+    def __init__(self, body: nn.Module, width: int, z_dim: int, a_dim: int, centre_input: bool = True):
+        super().__init__(body, width, z_dim, centre_input)
+        self.context = linear(width, a_dim) if a_dim else None
+
+    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
+        h = self.body(centre(x) if self.centre_input else x)
+        return self.mean(h), self.log_std(h), (self.context(h) if self.context is not None else None)
+
+
+class ConditionalGaussian(nn.Module):
+    """The auxiliary VAE's Gaussian networks (official ``avb/auxvae/models``): (mean, log std) of a Gaussian over
+    ``out_dim`` from the centred image and an optional conditioning vector c.
+
+    h = post(concat(features(2x - 1), c)), then two linear heads scaled by ``head_scale`` (the conv1 auxiliary
+    networks multiply theirs by 0.1). full0: features = identity, post = 2 x FC300 softplus; conv0: features = the
+    conv stack, post = identity; conv1: features = the conv stack, post = FC800 softplus.
+    """
+
+    def __init__(self, features: nn.Module, post: nn.Module, width: int, out_dim: int, head_scale: float = 1.0):
+        super().__init__()
+        self.features, self.post, self.head_scale = features, post, head_scale
+        self.mean = linear(width, out_dim)
+        self.log_std = linear(width, out_dim)
+
+    def forward(self, x: torch.Tensor, c: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+        h = self.features(centre(x))
+        h = self.post(h if c is None else torch.cat([h, c], -1))
+        if self.head_scale == 1.0:
+            return self.mean(h), self.log_std(h)
+        return self.head_scale * self.mean(h), self.head_scale * self.log_std(h)

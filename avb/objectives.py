@@ -1,4 +1,5 @@
-"""Every method as one interface over any networks: the VAE, AVB, AVB with adaptive contrast (AC), and eight
+"""Every method as one interface over any networks: the VAE, AVB, AVB with adaptive contrast (AC), the two
+baselines of the official repository (the VAE with inverse autoregressive flow, IAF, and the auxiliary VAE), and eight
 schools' Gaussian variational inference (ADVI).
 
 As pythae gives each model one ``forward`` returning its losses, a ``Method`` maps a batch x to a ``Step``: the
@@ -12,7 +13,10 @@ caller may ask of a method is explicit, never worked out from its name:
   ``has_proposal`` says which before any call, ``proposal_is_q`` whether it is q(z|x) itself (the VAE: q's density is
   exact) rather than AC's r(z|x), and ``proposal_note`` says what it is;
 * ``ac``: adaptive contrast, whose moments of q can come from separate draws (``MomentDraws``);
-* ``sample(x)``: one z ~ q(z|x) per row of x.
+* ``sample(x)``: one z ~ q(z|x) per row of x;
+* ``iwae(x, k, generator)``: the IWAE bound with q itself as proposal, for methods whose q has a density that is not
+  the AIS start's Gaussian (IAF: the flow; the auxiliary VAE: the joint q(a, z|x)); None for the others, whose IWAE
+  bound uses ``proposal`` (``avb.evaluate``).
 
 Scaling follows the official code: primal loss = ``loss_scale`` mean(recon + KL), recon the Bernoulli cross-entropy
 summed over pixels and ``loss_scale`` = 1/784 for the images (the toy notebooks and eight schools: 1); the adversary
@@ -120,6 +124,11 @@ class Method(nn.Module):
     def proposal(self, x: torch.Tensor,
                  moments: MomentDraws | None = None) -> tuple[torch.Tensor, torch.Tensor] | None:
         """(mean, std) of the Gaussian that AIS starts from, or None for the prior; ``moments`` as for ``forward``."""
+        return None
+
+    def iwae(self, x: torch.Tensor, k: int, generator: torch.Generator | None = None,
+             max_rows: int | None = None) -> torch.Tensor | None:
+        """IWAE_k per image with the method's own q as proposal, or None where that is ``proposal``'s Gaussian."""
         return None
 
 
@@ -279,3 +288,200 @@ class GaussianVI(Method):
         recon = self.recon(x, z)
         kl = self.kl_to_prior().expand_as(recon)
         return Step(primal=(recon + kl).mean() * self.loss_scale, adversary=None, recon=recon, kl=kl)
+
+
+def chunked_iwae(log_weight, x: torch.Tensor, k: int, noise: list[torch.Tensor], max_rows: int | None) -> torch.Tensor:
+    """log (1/k) sum_j w_j per image, w_j from ``log_weight(row_index, *noise_rows)``: rows image-major (row b*k + j
+    is draw j of image b), ``noise`` drawn for all rows at once (so ``max_rows``, the rows per call, changes no
+    number)."""
+    rows = x.shape[0] * k
+    log_w = torch.empty(rows, dtype=x.dtype, device=x.device)
+    cap = rows if max_rows is None else max(1, int(max_rows))
+    for start in range(0, rows, cap):
+        stop = min(rows, start + cap)
+        idx = torch.arange(start, stop, device=x.device) // k
+        log_w[start:stop] = log_weight(idx, *(n[start:stop].to(x.device) for n in noise))
+    return torch.logsumexp(log_w.view(-1, k), dim=1) - math.log(k)
+
+
+class IAF(Method):
+    """The VAE with inverse autoregressive flow, as the official ``avb/iaf``: z0 = mu + sigma eps from the Gaussian
+    encoder, z_T = flow(z0; a) (``avb.nets.IAFFlow``), log q(z_T|x) = log N(eps; 0, I) - sum log sigma + sum_t
+    softplus(-s_t), KL = log q(z_T|x) - log p(z_T) at the sample, ELBO = -recon - KL (a bound: q has a density).
+
+    As coded, only the encoder and decoder are trained (``get_train_op`` takes the variables of the scopes
+    ``encoder`` and ``decoder``; the layers live in ``iaf_layer_<i>``): the flow keeps its random initial weights
+    and only the context a, an encoder head, learns. ``train_flow = True`` trains the flow too (what IAF means:
+    a departure, as option). ``kl = "analytic"`` (option) writes KL = KL(q0 || p) in closed form + [log p(z0) -
+    log p(z_T) + sum_t softplus(-s_t)] at the sample: the same expectation with less variance, and with zero flow
+    layers exactly the VAE's objective (the bracket is an exact 0).
+
+    AIS starts from the prior, as the official test does (``avb/iaf/test.py``: its ``energy0`` / ``get_z0`` are the
+    prior's, the encoder start commented out); ``ais_start = "base"`` (``eval.iaf_ais_start``, set at evaluation,
+    never trained on) starts it from the Gaussian base q0(z|x) = N(mu, sigma^2) instead. Both are valid starts, but
+    the base is no posterior approximation here: each untrained layer scales z by sigmoid(s) ~ 0.73, so the trained
+    base is about 0.73^-T wider than q(z|x) (measured on the quick preset's model at 500 steps: base std 11.9 against
+    0.97 for the flow's samples, and AIS 200 x 4 from the base 6.9 nats below the prior start's, which reaches the
+    ELBO). The IWAE bound uses the flow's own density (``iwae``) whatever the AIS start.
+
+    Departures from the official code (``avb/iaf``, ``run_iaf.py``):
+
+    * the option of AIS from the Gaussian base (above);
+    * the IWAE bound and the exact-density ELBO at evaluation are extras (the official test reports the ELBO only);
+    * the MADE degrees are drawn from torch's global stream seeded by the run's seed (officially numpy's unseeded
+      global stream): the same distribution, reproducible; the masks are buffers, saved with the weights;
+    * ``iaf_layers = 0`` builds no context head (it would feed nothing), so the model is the VAE's exactly;
+    * options not in the official code: ``train_flow`` (``model.iaf_train_flow``) and ``kl = "analytic"``
+      (``model.iaf_kl``), both off by default; the KL annealing of ``--is-anneal`` (off by default there) and the
+      conv3 / celebA networks are not ported.
+    """
+
+    name = "iaf"
+    elbo_is_bound = True
+    KL_ESTIMATORS = ("sample", "analytic")
+    AIS_STARTS = ("prior", "base")
+    ais_start = "prior"   # the official test's; evaluation may set "base" (``set_ais_start``)
+
+    @property
+    def has_proposal(self) -> bool:
+        return self.ais_start == "base"
+
+    @property
+    def proposal_note(self) -> str:
+        if self.ais_start == "base":
+            return "proposal: the IAF encoder's Gaussian base q0(z|x) (AIS start); IWAE: the flow's q(z|x)"
+        return "AIS starts from the prior (as the official test); IWAE: the flow's q(z|x)"
+
+    def set_ais_start(self, start: str) -> None:
+        """Where AIS (and BDMC) start: ``prior`` (the official test) or ``base`` (the Gaussian base q0(z|x))."""
+        if start not in self.AIS_STARTS:
+            raise ValueError(f"unknown IAF AIS start {start!r}; expected one of {', '.join(self.AIS_STARTS)}")
+        self.ais_start = start
+
+    def __init__(self, z_dim: int, decoder: nn.Module, encoder: nn.Module, flow: nn.Module, kl: str = "sample",
+                 train_flow: bool = False, loss_scale: float = 1.0 / X_DIM):
+        if kl not in self.KL_ESTIMATORS:
+            raise ValueError(f"unknown IAF KL estimator {kl!r}; expected one of {', '.join(self.KL_ESTIMATORS)}")
+        super().__init__(z_dim, decoder, loss_scale)
+        self.encoder, self.flow, self.kl_estimator, self.train_flow = encoder, flow, kl, train_flow
+
+    def primal_parameters(self) -> list[nn.Parameter]:
+        """Encoder and decoder; the flow's too only with ``train_flow`` (the official code leaves them untrained)."""
+        return [p for n, p in self.named_parameters() if self.train_flow or not n.startswith("flow.")]
+
+    def flow_sample(self, x: torch.Tensor, eps: torch.Tensor | None = None):
+        """(z_T, log q(z_T|x), z0, mean, log_std, sum_t softplus(-s_t)) for noise ``eps`` (drawn here if None)."""
+        mean, log_std, a = self.encoder(x)
+        if eps is None:
+            eps = torch.randn_like(mean)
+        z0 = mean + eps * torch.exp(log_std)
+        z, neg_log_det = self.flow(z0, a)
+        log_q = log_normal(eps) - log_std.sum(-1) + neg_log_det
+        return z, log_q, z0, mean, log_std, neg_log_det
+
+    def forward(self, x: torch.Tensor, moments: MomentDraws | None = None) -> Step:
+        z, log_q, z0, mean, log_std, neg_log_det = self.flow_sample(x)
+        recon = self.recon(x, z)
+        if self.kl_estimator == "sample":
+            kl = log_q - log_normal(z)
+        else:
+            kl = gaussian_kl(mean, log_std) + (log_normal(z0) - log_normal(z) + neg_log_det)
+        return Step(primal=(recon + kl).mean() * self.loss_scale, adversary=None, recon=recon, kl=kl)
+
+    def sample(self, x: torch.Tensor) -> torch.Tensor:
+        return self.flow_sample(x)[0]
+
+    def proposal(self, x, moments=None):
+        if self.ais_start == "prior":
+            return None
+        mean, log_std, _ = self.encoder(x)
+        return mean, torch.exp(log_std)
+
+    def iwae(self, x, k, generator=None, max_rows=None):
+        eps = torch.randn(x.shape[0] * k, self.z_dim, generator=generator)
+
+        def log_weight(idx: torch.Tensor, e: torch.Tensor) -> torch.Tensor:
+            xr = x.index_select(0, idx)
+            z, log_q, *_ = self.flow_sample(xr, e)
+            return -self.recon(xr, z) + log_normal(z) - log_q
+        return chunked_iwae(log_weight, x, k, [eps], max_rows)
+
+
+class AuxVAE(Method):
+    """The auxiliary VAE (Maaløe et al. 2016) as the official ``avb/auxvae``: a ~ q(a|x) (``encoder_aux``), z ~
+    q(z|x, a) (``encoder``), both Gaussian; the generative model is the VAE's p(z) p(x|z), extended by r(a|x~, z)
+    (``decoder_aux``), x~ ~ p(x|z) one draw of the decoder (``log_likelihood_and_draw``; as coded: r sees a sample
+    of the decoder, not the data x, and the draw carries no gradient). KL = [log q(z|x,a) - log p(z)] + [log q(a|x)
+    - log r(a|x~, z)] at the sample; ELBO = -recon - KL is a lower bound on log p(x) (the model p(z) p(x|z) p(x~|z) r(a|x~, z) has marginal
+    p(x); x~'s density cancels).
+
+    AIS starts as the official test does: from N(z; mu(x, a), sigma(x, a)^2) at one draw a ~ q(a|x) per image (per
+    call of ``proposal``, shared by all chains). The IWAE bound uses the joint q(a, z|x) and r (``iwae``). All four
+    networks are trained (the official train op's scopes ``encoder`` and ``decoder`` match ``encoder_aux`` and
+    ``decoder_aux`` too).
+
+    Departures from the official code (``avb/auxvae``, ``run_auxvae.py``):
+
+    * ``model.aux_head_scale`` (an option; default as coded: 0.1 on the conv1 heads of q(a|x) and r, 1 elsewhere)
+      sets that factor on every arch. As coded, the full0 networks start with so wide an a and z that r's log-std
+      overflows (non-finite losses at the first step); the presets that use ``mlp`` set 0.1;
+    * the IWAE bound in the extended space (a, z, x~) and the ELBO over several draws at evaluation are extras;
+    * the KL annealing of ``--is-anneal`` (off by default there) is not ported.
+    """
+
+    name = "auxvae"
+    elbo_is_bound = True
+    has_proposal = True
+    proposal_note = ("proposal: the Gaussian q(z|x, a) at one draw a ~ q(a|x) (AIS start, as the official test); "
+                     "IWAE: the joint q(a, z|x) with r(a|x~, z)")
+
+    def __init__(self, z_dim: int, a_dim: int, decoder: nn.Module, encoder: nn.Module, encoder_aux: nn.Module,
+                 decoder_aux: nn.Module, loss_scale: float = 1.0 / X_DIM):
+        super().__init__(z_dim, decoder, loss_scale)
+        self.a_dim = a_dim
+        self.encoder, self.encoder_aux, self.decoder_aux = encoder, encoder_aux, decoder_aux
+
+    def terms(self, x: torch.Tensor, eps_a: torch.Tensor, eps_z: torch.Tensor, u: torch.Tensor
+              ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """(recon, KL, z) for the noise of a (``eps_a``), z (``eps_z``) and the decoder draw x~ (uniforms ``u``)."""
+        a_mean, a_log_std = self.encoder_aux(x)
+        a = a_mean + eps_a * torch.exp(a_log_std)
+        z_mean, z_log_std = self.encoder(x, a)
+        z = z_mean + eps_z * torch.exp(z_log_std)
+        log_lik, x_tilde = self.decoder.log_likelihood_and_draw(x, z, u)   # x~ ~ p(x|z): no gradient, as coded
+        r_mean, r_log_std = self.decoder_aux(x_tilde, z)
+        recon = -log_lik
+        kl_z = log_normal(z, z_mean, torch.exp(z_log_std)) - log_normal(z)
+        kl_a = log_normal(a, a_mean, torch.exp(a_log_std)) - log_normal(a, r_mean, torch.exp(r_log_std))
+        return recon, kl_z + kl_a, z
+
+    def noise(self, n: int, x_dim: int, generator: torch.Generator | None = None, device=None):
+        """(eps_a, eps_z, u) for n rows: from ``generator`` on the CPU, else the global stream on ``device``."""
+        if generator is None:
+            return (torch.randn(n, self.a_dim, device=device), torch.randn(n, self.z_dim, device=device),
+                    torch.rand(n, x_dim, device=device))
+        return (torch.randn(n, self.a_dim, generator=generator), torch.randn(n, self.z_dim, generator=generator),
+                torch.rand(n, x_dim, generator=generator))
+
+    def forward(self, x: torch.Tensor, moments: MomentDraws | None = None) -> Step:
+        recon, kl, _ = self.terms(x, *self.noise(x.shape[0], x.shape[1], device=x.device))
+        return Step(primal=(recon + kl).mean() * self.loss_scale, adversary=None, recon=recon, kl=kl)
+
+    def sample(self, x: torch.Tensor) -> torch.Tensor:
+        a_mean, a_log_std = self.encoder_aux(x)
+        z_mean, z_log_std = self.encoder(x, a_mean + torch.randn_like(a_mean) * torch.exp(a_log_std))
+        return z_mean + torch.randn_like(z_mean) * torch.exp(z_log_std)
+
+    def proposal(self, x, moments=None):
+        a_mean, a_log_std = self.encoder_aux(x)
+        z_mean, z_log_std = self.encoder(x, a_mean + torch.randn_like(a_mean) * torch.exp(a_log_std))
+        return z_mean, torch.exp(z_log_std)
+
+    def iwae(self, x, k, generator=None, max_rows=None):
+        noise = list(self.noise(x.shape[0] * k, x.shape[1], generator))
+
+        def log_weight(idx: torch.Tensor, eps_a, eps_z, u) -> torch.Tensor:
+            xr = x.index_select(0, idx)
+            recon, kl, _ = self.terms(xr, eps_a, eps_z, u)
+            return -recon - kl
+        return chunked_iwae(log_weight, x, k, noise, max_rows)

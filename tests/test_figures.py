@@ -21,7 +21,8 @@ def model_files(tmp_path_factory):
     paths = {}
     for method in ex.METHODS:
         torch.manual_seed(0)
-        run = {"method": method, "dataset": "mnist", "z_dim": Z, "seed": 0, "data_dir": None, "model": SMALL,
+        model_cfg = {**SMALL, "aux_head_scale": 0.1} if method == "auxvae" else SMALL
+        run = {"method": method, "dataset": "mnist", "z_dim": Z, "seed": 0, "data_dir": None, "model": model_cfg,
                "train": {"steps": 0, "batch_size": 32}}
         model = ex.build(run)
         with torch.no_grad():  # untrained AVB heads start at std 1e-5 (z ~ 0 for every image): spread the codes,
@@ -59,6 +60,13 @@ def test_interpolation_endpoints_decode_from_the_two_images_codes(model_files, m
         if method == "vae":
             mean, log_std = model.encoder(x)
             z = mean + torch.randn(16, Z) * torch.exp(log_std)
+        elif method == "iaf":  # the official z_real: the flow's output at one draw of the Gaussian base
+            mean, log_std, a = model.encoder(x)
+            z = model.flow(mean + torch.randn(16, Z) * torch.exp(log_std), a)[0]
+        elif method == "auxvae":  # a ~ q(a|x), then z ~ q(z|x, a)
+            a_mean, a_log_std = model.encoder_aux(x)
+            z_mean, z_log_std = model.encoder(x, a_mean + torch.randn(16, model.a_dim) * torch.exp(a_log_std))
+            z = z_mean + torch.randn(16, Z) * torch.exp(z_log_std)
         else:
             z = model.encoder(x)[0] if method == "avb_ac" else model.encoder(x)
         first, last = torch.sigmoid(model.decoder(z[8:])), torch.sigmoid(model.decoder(z[:8]))

@@ -48,6 +48,24 @@ PARAMS = {
     ("conv1", "avb"): CONV1_CONVS + (E + 1) * CONV1_MAPS + CONV1_FC + (800 * Z + Z),
     ("conv1", "avb_ac"): CONV1_CONVS + CONV1_FC + (800 * Z + Z) + (800 * M * Z + M * Z) + V_NETS,
 }
+ENCODER_METHODS = ("vae", "avb", "avb_ac")  # one encoder each; IAF and the auxiliary VAE: BASELINE_PARAMS below
+# IAF (avb/iaf/models/<arch>.py): the VAE's body (conv0: no batch norm, every conv biased) + mean, log-std and context
+# heads (A = iaf_a_dim 32), and 8 layers of H = 128 MADE units: masked z->H, Linear(a)->H, 2 x (masked H->z, z->z).
+A, H, NL, AA = 32, 128, 8, 100   # iaf_a_dim, iaf_h_dim, iaf_layers, aux_a_dim (the schema's defaults = official)
+IAF_LAYER = (Z * H + H) + (A * H + H) + 2 * ((H * Z + Z) + (Z * Z + Z))
+BASELINE_PARAMS = {
+    ("mlp", "iaf"): MLP_BODY + 2 * (300 * Z + Z) + (300 * A + A),
+    ("conv0", "iaf"): CONV0_CONVS + 2 * (CONV0_FEAT * Z + Z) + (CONV0_FEAT * A + A),
+    ("conv1", "iaf"): CONV1_CONVS + CONV1_FC + 2 * (800 * Z + Z) + (800 * A + A),
+    # auxiliary VAE (avb/auxvae/models/<arch>.py): q(z|x, a), q(a|x), r(a|x~, z); the condition is concatenated to
+    # the input (full0), to the conv features (conv0: then the heads; conv1: then FC800)
+    ("mlp", "auxvae"): ((784 + AA) * 300 + 300) + (300 * 300 + 300) + 2 * (300 * Z + Z)
+    + MLP_BODY + 2 * (300 * AA + AA) + ((784 + Z) * 300 + 300) + (300 * 300 + 300) + 2 * (300 * AA + AA),
+    ("conv0", "auxvae"): 3 * CONV0_TRUNK + 2 * ((CONV0_FEAT + AA) * Z + Z) + 2 * (CONV0_FEAT * AA + AA)
+    + 2 * ((CONV0_FEAT + Z) * AA + AA),
+    ("conv1", "auxvae"): 3 * CONV1_CONVS + ((512 + AA) * 800 + 800) + 2 * (800 * Z + Z) + CONV1_FC
+    + 2 * (800 * AA + AA) + ((512 + Z) * 800 + 800) + 2 * (800 * AA + AA),
+}
 ADV_PARAMS = {
     # theta, s, T_x, T_z: each input -> AL x FC AH lrelu -> FC AEMB (theta, s) or FC 1 (T_x, T_z)
     "conv0": 2 * (784 * AH + AH) + 2 * (Z * AH + AH) + 4 * (AL - 1) * (AH * AH + AH) + 2 * (AH * AEMB + AEMB)
@@ -82,7 +100,7 @@ def test_decoder_shapes_and_parameter_count(arch):
 
 
 @pytest.mark.parametrize("arch", ex.ARCHS)
-@pytest.mark.parametrize("method", ex.METHODS)
+@pytest.mark.parametrize("method", ENCODER_METHODS)
 def test_encoder_shapes_and_parameter_count(arch, method):
     enc = model(arch, method).encoder
     assert n_params(enc) == PARAMS[arch, method]
@@ -93,6 +111,49 @@ def test_encoder_shapes_and_parameter_count(arch, method):
         assert out.shape == (B, Z) and torch.equal(enc(x, eps), enc(x, eps))
     else:
         assert [o.shape for o in out] == [(B, Z)] * (2 if method == "vae" else 3)
+
+
+@pytest.mark.parametrize("arch", ex.ARCHS)
+@pytest.mark.parametrize("method", ["iaf", "auxvae"])
+def test_baseline_networks_shapes_and_parameter_counts(arch, method):
+    """IAF: encoder (with its context head) and flow; the auxiliary VAE: its three Gaussian networks; the decoder is
+    the VAE's; no adversary, no noise input."""
+    m = model(arch, method)
+    enc = m.encoder
+    if method == "iaf":
+        assert n_params(enc) == BASELINE_PARAMS[arch, method]
+        assert len(m.flow.layers) == NL and n_params(m.flow) == NL * IAF_LAYER
+        assert [o.shape for o in enc(binary_x())] == [(B, Z), (B, Z), (B, A)]
+    else:
+        assert n_params(enc) + n_params(m.encoder_aux) + n_params(m.decoder_aux) == BASELINE_PARAMS[arch, method]
+        x = binary_x()
+        assert [o.shape for o in m.encoder_aux(x)] == [(B, AA)] * 2
+        assert [o.shape for o in m.encoder(x, torch.randn(B, AA))] == [(B, Z)] * 2
+        assert [o.shape for o in m.decoder_aux(x, torch.randn(B, Z))] == [(B, AA)] * 2
+    assert n_params(m.decoder) == PARAMS[arch, "decoder"] and not m.adversary_parameters()
+    bn = [mod for mod in m.modules() if isinstance(mod, torch.nn.BatchNorm2d)]
+    # batch norm as coded: none in the IAF conv0 encoder (normalizer_fn=None), 3 per conv0 auxiliary-VAE network
+    assert len(bn) == (9 if (arch, method) == ("conv0", "auxvae") else 0)
+
+
+@pytest.mark.parametrize("arch", ex.ARCHS)
+def test_auxvae_networks_centre_x_and_scale_heads_as_coded(arch):
+    """Each of the three networks sees 2x - 1 first; conv1's q(a|x) and r heads are 0.1 x Linear (as coded)."""
+    m = model(arch, "auxvae")
+    x = binary_x()
+    for net, c in ((m.encoder, torch.randn(B, AA)), (m.encoder_aux, None), (m.decoder_aux, torch.randn(B, Z))):
+        seen: list[torch.Tensor] = []
+        first = net.post[0] if arch == "mlp" else next(mod for mod in net.modules() if isinstance(mod, Conv2dSame))
+        hook = first.register_forward_pre_hook(lambda _m, args: seen.append(args[0]))
+        try:
+            net(x, c)
+        finally:
+            hook.remove()
+        expected = (2 * x - 1) if c is None or arch != "mlp" else torch.cat([2 * x - 1, c], -1)
+        assert torch.allclose(seen[0], expected.view_as(seen[0]))
+    assert (m.encoder.head_scale, m.encoder_aux.head_scale, m.decoder_aux.head_scale) \
+        == ((1.0, 0.1, 0.1) if arch == "conv1" else (1.0, 1.0, 1.0))
+    assert model(arch, "auxvae", aux_head_scale=0.5).encoder_aux.head_scale == 0.5
 
 
 @pytest.mark.parametrize("adv_arch", ex.ADV_ARCHS)
@@ -192,7 +253,7 @@ def test_conv0_decoder_rejects_unknown_activation():
 
 
 @pytest.mark.parametrize("arch", ex.ARCHS)
-@pytest.mark.parametrize("method", ex.METHODS)
+@pytest.mark.parametrize("method", ENCODER_METHODS)
 def test_encoders_centre_x(arch, method):
     """The first layer that sees x gets 2x - 1 (for the full0 AVB encoder: 2x - 1 + Linear(eps))."""
     enc = model(arch, method).encoder

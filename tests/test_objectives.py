@@ -49,7 +49,7 @@ def test_primal_loss_is_per_pixel_scaled_recon_plus_kl(method):
     torch.manual_seed(0)
     s = model(x)
     assert torch.allclose(s.primal, (s.recon + s.kl).mean() / X_DIM)
-    assert (s.adversary is None) == (method == "vae")
+    assert (s.adversary is None) == (not model.adversary_parameters()) == (method in ("vae", "iaf", "auxvae"))
     assert torch.allclose(s.elbo, -s.recon - s.kl)
 
 
@@ -97,6 +97,7 @@ def every_model():
 # What every caller may rely on, per method: (elbo_is_bound, has_proposal, proposal_is_q, ac, label).
 TRAITS = {"vae": (True, True, True, False, "VAE"), "avb": (False, False, False, False, "AVB"),
           "avb_ac": (False, True, False, True, "AVB + AC"),
+          "iaf": (True, False, False, False, "VAE + IAF"), "auxvae": (True, True, False, False, "Auxiliary VAE"),
           "advi_meanfield": (True, False, False, False, "ADVI mean-field"),
           "advi_fullrank": (True, False, False, False, "ADVI full-rank")}
 

@@ -33,8 +33,17 @@ SCRIPTS = {
                      "ais_steps": 2000, "ais_chains": 8, "ais_adapt": "none", **COMMON},
 }
 # The sweep also trains plain AVB at z = 32, which has no script: it takes avb_mnist_8's settings (paper.yaml says so).
+# VAE + IAF and the auxiliary VAE have no launch script either: vae_mnist_8's settings with their runners' own flags
+# and AIS step rule (run_iaf.py: --iaf-nlayers 8 --iaf-a-dim 32 --iaf-h-dim 128, test_is_adaptive_eps True;
+# run_auxvae.py: --a-dim 100, False), as paper.yaml states.
+BASELINES = {"iaf": {"method": "iaf", "arch": "conv1", "lr": 1e-4, "batch_size": 64, "ais_steps": 2000,
+                     "ais_chains": 8, "ais_adapt": "official", "iaf_layers": 8, "iaf_a_dim": 32, "iaf_h_dim": 128,
+                     "iaf_train_flow": False, **COMMON},
+             "auxvae": {"method": "auxvae", "arch": "conv1", "lr": 1e-4, "batch_size": 64, "ais_steps": 2000,
+                        "ais_chains": 8, "ais_adapt": "none", "aux_a_dim": 100, "aux_head_scale": None, **COMMON}}
 ROWS = {**{(s["method"], s["z_dim"]): s for s in SCRIPTS.values()},
-        ("avb", 32): {**SCRIPTS["avb_mnist_8"], "z_dim": 32}}
+        ("avb", 32): {**SCRIPTS["avb_mnist_8"], "z_dim": 32},
+        **{(m, z): {**b, "z_dim": z} for m, b in BASELINES.items() for z in (8, 32)}}
 # Where each script field lives in a resolved run; the AIS batch is the training batch size (the scripts evaluate in
 # batches of that size, and the AC moments use them).
 WHERE = {"arch": ("model", "arch"), "adv_arch": ("model", "adv_arch"), "eps_dim": ("model", "eps_dim"),
@@ -43,7 +52,10 @@ WHERE = {"arch": ("model", "arch"), "adv_arch": ("model", "adv_arch"), "eps_dim"
          "adam_beta1": ("train", "adam_beta1"), "ais_steps": ("eval", "ais_steps"),
          "ais_chains": ("eval", "ais_chains"), "ais_eps": ("eval", "ais_eps"), "ais_adapt": ("eval", "ais_adapt"),
          "ais_schedule": ("eval", "ais_schedule"), "ais_leapfrog": ("eval", "ais_leapfrog"),
-         "leapfrog_steps": ("eval", "leapfrog_steps")}
+         "leapfrog_steps": ("eval", "leapfrog_steps"), "iaf_layers": ("model", "iaf_layers"),
+         "iaf_a_dim": ("model", "iaf_a_dim"), "iaf_h_dim": ("model", "iaf_h_dim"),
+         "iaf_train_flow": ("model", "iaf_train_flow"), "aux_a_dim": ("model", "aux_a_dim"),
+         "aux_head_scale": ("model", "aux_head_scale")}
 
 
 @pytest.fixture(scope="module")
@@ -75,7 +87,8 @@ def test_each_row_resolves_to_its_launch_script(paper, row):
 def test_departures_are_written_at_the_top_of_the_preset():
     head = (ROOT / "config/paper.yaml").read_text().split("\npreset:", 1)[0]
     for phrase in ("AVB 32-dim", "no launch script", "n_test = 2048", "2560", "1280", "standard error over images",
-                   "--is-train"):
+                   "--is-train", "VAE + IAF and the auxiliary VAE", "--iaf-nlayers 8", "--a-dim 100",
+                   "the IAF from the prior"):
         assert phrase in head, phrase
 
 

@@ -72,3 +72,26 @@ def test_distance_to_the_published_ais_value_and_its_interval():
     one = runs("vae", 8, values=(-90.0,)).assign(log_px_ais_se=0.5)
     wp1 = tables.with_published(tables.aggregate(one)).iloc[0]  # one seed: the standard error over test images
     assert math.isclose(wp1.diff_ais_ci95, 1.959964 * math.hypot(0.5, 0.6), rel_tol=1e-6)
+
+
+def test_table2_shows_our_baselines_beside_the_literature_values_of_the_same_method():
+    """Our VAE + IAF and auxiliary-VAE rows carry the values the paper quotes for those methods, marked as
+    literature (another protocol, no difference computed); the literature rows below point to our runs."""
+    df = pd.concat([runs("vae", 8), runs("iaf", 8), runs("auxvae", 32)], ignore_index=True)
+    df["elbo_is_bound"] = True
+    md = tables.table2_markdown(tables.aggregate(df))
+    head = _row(md, "model")
+    iaf = dict(zip(head, _row(md, "VAE + IAF (8-dim)")))
+    assert iaf["log p(x) ≥ (paper)"].startswith("−80.8 [literature, quoted by the paper (Kingma et al., 2016")
+    assert iaf["log p(x) ≈ (paper)"].startswith("−79.1 (IS) [literature")
+    assert iaf["ours − paper, AIS"].startswith("n/a") and iaf["log p(x), AIS (ours)"].startswith("−91.00")
+    aux = dict(zip(head, _row(md, "Auxiliary VAE (32-dim)")))
+    assert aux["log p(x) ≥ (paper)"].startswith("−83.0 [literature") and aux["log p(x) ≈ (paper)"].startswith("–")
+    lit = next(line for line in md.splitlines() if line.startswith("| VAE + IAF (Kingma"))
+    assert "our run of VAE + IAF: its rows above" in lit
+    hvi = next(line for line in md.splitlines() if line.startswith("| VAE + HVI"))
+    assert "not run here" in hvi
+    order = list(tables.aggregate(df).sort_values("method", key=lambda s: s.map(tables.METHOD_ORDER)).method)
+    assert order == ["vae", "iaf", "auxvae"]
+    tex = tables.table2_latex(tables.aggregate(df))
+    assert "Kingma et al., 2016" in tex and "VAE + IAF (8-dim)" in tex and "?" not in tex and "≈" not in tex

@@ -87,6 +87,14 @@ def table2_row(method: str, z_dim: int) -> Table2Row | None:
     return None
 
 
+def literature_row(method: str) -> Table2Row | None:
+    """The literature row the paper quotes for one of the baselines we run (``iaf``, ``auxvae``), or None."""
+    for row in TABLE2:
+        if row.method == method and row.reference:
+            return row
+    return None
+
+
 def literature_rows() -> tuple[Table2Row, ...]:
     """The lower half of Table 2: methods the paper quotes from the literature (not run by the paper)."""
     return tuple(r for r in TABLE2 if r.reference)
