@@ -24,6 +24,13 @@ def _threads(n: int | None) -> None:
         torch.set_num_threads(n)
 
 
+def _gpu_slot(device: str) -> None:
+    """With ``AVB_GPUS`` set, this job's own GPU (``avb.gpus.claim``: a device slot held until the process exits,
+    ``CUDA_VISIBLE_DEVICES`` set to it); taken before anything touches CUDA. Without it, nothing happens."""
+    from .gpus import claim
+    claim(device)
+
+
 def _settings(path: str | None) -> dict:
     """The JSON settings file ``path`` (as the pipeline's local rules write them), or {} where none is given."""
     if path is None:
@@ -72,11 +79,15 @@ def _toy(a: argparse.Namespace) -> str:
     """``avb toy train | evaluate | report``."""
     if a.toy_cmd == "train":
         from .train import train
-        return str(train(_settings(a.run_config), a.out))
+        run = _settings(a.run_config)
+        _gpu_slot(run["train"]["device"])
+        return str(train(run, a.out))
     if a.toy_cmd == "evaluate":
         from .config import section
         from .toy import evaluate, write_eval
-        summary, arrays = evaluate(a.model, section("toy.eval", _settings(a.config), f"toy eval settings {a.config or ''}"))
+        settings = section("toy.eval", _settings(a.config), f"toy eval settings {a.config or ''}")
+        _gpu_slot(settings["device"])
+        summary, arrays = evaluate(a.model, settings)
         write_eval(summary, arrays, a.out_json, a.out_npz)
         return json.dumps(summary, indent=2)
     if len(a.evals) != len(a.npz):
@@ -211,12 +222,15 @@ def main(argv: list[str] | None = None) -> int:
         if a.cmd == "train":
             from .train import read_run_config, train
             _threads(a.threads)
-            print(train(read_run_config(a.run_config), a.out, data_dir=a.data_dir))
+            run = read_run_config(a.run_config)
+            _gpu_slot(run["train"]["device"])
+            print(train(run, a.out, data_dir=a.data_dir))
         elif a.cmd == "evaluate":
             from .config import section
             from .evaluate import evaluate
             _threads(a.threads)
             settings = section("eval", _settings(a.config), f"evaluate settings {a.config or ''}")
+            _gpu_slot(settings["device"])
             s = evaluate(a.model, settings, a.out_csv, a.out_json, data_dir=a.data_dir)
             print(json.dumps(s, indent=2))
         elif a.cmd == "convergence":
@@ -229,6 +243,7 @@ def main(argv: list[str] | None = None) -> int:
                 raise ConfigError(f"{source}: unknown keys {sorted(extra)} (allowed: eval, steps, n_images)")
             ev = section("eval", given.get("eval", {}), source)
             conv = section("convergence", {k: given[k] for k in ("steps", "n_images") if k in given}, source)
+            _gpu_slot(ev["device"])
             print(ais_convergence(a.model, ev, conv["steps"], conv["n_images"], a.out_csv,
                                   data_dir=a.data_dir).to_string(index=False))
         elif a.cmd == "report":
@@ -258,6 +273,7 @@ def main(argv: list[str] | None = None) -> int:
             _threads(a.threads)
             settings = section("schools", _settings(a.config), f"schools settings {a.config or ''}")
             if a.schools_cmd == "fit":
+                _gpu_slot(settings["device"])
                 info = schools.fit_method(schools.run_config(settings, a.method), a.out)
                 print(json.dumps({k: v for k, v in info.items() if k != "run"}))
             elif a.schools_cmd == "gold":

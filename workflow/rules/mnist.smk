@@ -65,7 +65,8 @@ rule train:
     resources:
         mem_mb=mem_mb("train"),
         runtime=runtime("train"),
-        gpu=gpus("train", train_device),
+        gpu=gpus("train", train_device, rule="train"),
+        gpu_slots=gpu_slots("train", train_device),
     params:
         **AVB_PARAMS,
         data=data_dir,
@@ -125,7 +126,8 @@ rule evaluate:
     resources:
         mem_mb=mem_mb("evaluate"),
         runtime=runtime("evaluate"),
-        gpu=gpus("evaluate", eval_device),
+        gpu=gpus("evaluate", eval_device, rule="evaluate"),
+        gpu_slots=gpu_slots("evaluate", eval_device),
     shell:
         avb("evaluate {input.model:q} --config {input.settings:q} --data-dir={params.data:q} "
             "--out-csv {output.per_image:q} --out-json {output.summary:q} --threads {threads} > {log:q} 2>&1")
@@ -167,7 +169,8 @@ rule ais_convergence:
     resources:
         mem_mb=mem_mb("evaluate"),
         runtime=runtime("evaluate"),
-        gpu=gpus("evaluate", eval_device),
+        gpu=gpus("evaluate", eval_device, rule="ais_convergence"),
+        gpu_slots=gpu_slots("evaluate", eval_device),
     shell:
         avb("convergence {input.model:q} --config {input.settings:q} --data-dir={params.data:q} --out-csv {output:q} "
             "--threads {threads} > {log:q} 2>&1")

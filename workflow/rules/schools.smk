@@ -78,7 +78,8 @@ rule schools_fit:
     resources:
         mem_mb=mem_mb("schools_fit"),
         runtime=runtime("schools_fit"),
-        gpu=gpus("schools_fit", schools_device),
+        gpu=gpus("schools_fit", schools_device, rule="schools_fit"),
+        gpu_slots=gpu_slots("schools_fit", schools_device),
     shell:
         avb("schools fit --method {wildcards.schools_method:q} --config {input.settings:q} --out {params.out:q} "
         "--threads {threads} > {log:q} 2>&1")
