@@ -1,0 +1,410 @@
+"""GPU throughput of the paper preset's models against a naive PyTorch loop on the same card, in one process
+(issue 15 item 6), and the measured rates that ``avb plan`` turns into GPU-hours.
+
+Models: the ``config/paper.yaml`` rows at z = 8 (``avb.jobs.train_config``): VAE (conv1 nets, batch 64), AVB and
+AVB + AC (conv0 nets, the inner-product adversary, batch 128). Images are random binary batches made on the device
+up front: neither side reads data.
+
+* naive: a plain eager step written here over the same modules (``model.encoder`` / ``decoder`` / ``adversary``):
+  the method's losses inline, two default ``torch.optim.Adam``, the simultaneous update (adversary backward with
+  ``retain_graph``, primal backward, both steps): the same arithmetic as the project's step, as a researcher writes
+  it in an afternoon (no autocast, no compile, no fused optimiser, no channels-last), in fp32 and in tf32
+  (``allow_tf32`` for matmuls and cuDNN). The speedups are against naive tf32.
+* project: the project's own training, ``avb.train.train`` on the row's run config (``setup`` + ``fit``: whatever
+  they do to the model, the loop, checkpointing and the metrics), fed the synthetic batches, once per option set:
+  ``train.precision`` (each value the schema allows) and ``train.compile`` (with the fastest precision), where the
+  schema has these keys; without them the project's default only. Its images/s are the loop's own (the
+  ``images_per_s`` of ``train_metrics.csv``), median over the logged windows after the first (warm-up, compilation).
+* AIS: ``avb.ais.estimate_log_likelihood`` on the row's decoder with the row's eval settings (images per call =
+  ``eval.batch_size``, its chains, leapfrog, ``ais_memory_mb``; ``eval.precision`` where the schema has it), a few
+  transitions timed after a warm-up; the rate counts latent-gradient evaluations (rows through the decoder's
+  log-likelihood). One paper-scale AIS run of a row = ``n_test x chains x (1 + (ais_steps - 1) x evaluations per
+  transition)`` evaluations; ``ais_paper_run_min`` is the longest of the three rows (ELBO, IWAE and BDMC not
+  counted).
+
+The run stops starting new project options after ``--budget-s`` seconds (default 200; each is recorded as skipped):
+on one GPU the whole script stays under 5 minutes. Without CUDA it prints one line saying so and exits 0
+(``--device cpu --smoke``: tiny sizes on the CPU, to test the script). ``--out`` (default gpu_throughput.json) gets
+the measurements, which ``avb plan --throughput FILE`` reads. The last line printed is
+
+    gpu train speedup vs naive: vae=<r> avb=<r> avb_ac=<r> ais_paper_run_min=<m>
+"""
+from __future__ import annotations
+
+import argparse
+import contextlib
+import json
+import math
+import platform
+import statistics
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any, Callable
+
+import torch
+import torch.nn.functional as F
+import yaml
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+from avb import config as avb_config  # noqa: E402
+from avb.jobs import eval_config, train_config  # noqa: E402
+
+METHODS = ("vae", "avb", "avb_ac")
+Z_DIM, DATASET = 8, "mnist"
+SCHEMA_VERSION = "avb-gpu-throughput/1"
+
+
+# ------------------------------------------------------------------------------------------------ the inputs
+class SyntheticBatches:
+    """Random binary images made once on the device, served in turn (an ``avb.train.BatchSource``)."""
+
+    def __init__(self, batch_size: int, device: torch.device, n: int = 8, seed: int = 0):
+        gen = torch.Generator(device="cpu").manual_seed(seed)
+        self.pool = [torch.bernoulli(torch.full((batch_size, 784), 0.13), generator=gen).to(device) for _ in range(n)]
+        self.pos = 0
+
+    def __next__(self) -> torch.Tensor:
+        x = self.pool[self.pos % len(self.pool)]
+        self.pos += 1
+        return x
+
+    def __iter__(self):
+        return self
+
+    def state_dict(self) -> dict:
+        return {"pos": self.pos}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.pos = int(state["pos"])
+
+
+def paper_rows(smoke: bool) -> dict[str, dict[str, Any]]:
+    """Per method: the paper preset's training run config (z = 8, seed 0) and its eval settings."""
+    cfg = avb_config.load(ROOT / "config" / "paper.yaml")
+    rows = {}
+    for m in METHODS:
+        run, ev = train_config(cfg, DATASET, m, Z_DIM, 0), eval_config(cfg, DATASET, m, Z_DIM, 0)
+        if smoke:  # CPU test sizes: a narrow adversary and a tiny batch; the conv nets stay as they are
+            run["model"].update({k: 16 for k in ("adv_hidden", "adv_embed") if k in run["model"]})
+            run["train"]["batch_size"] = 2
+            ev = {**ev, "batch_size": 2, "ais_chains": 1, "leapfrog_steps": 1}
+        rows[m] = {"run": run, "eval": ev}
+    return rows
+
+
+def schema_options(section: str) -> dict[str, list]:
+    """The values of ``<section>.precision`` / ``<section>.compile`` the schema allows (keys it lacks: absent)."""
+    schema = yaml.safe_load(avb_config.SCHEMA_PATH.read_text())
+    props = schema.get("$defs", {}).get(section, {}).get("properties", {})
+    out = {}
+    for key in ("precision", "compile"):
+        p = props.get(key)
+        if p is None:
+            continue
+        if "enum" in p:
+            out[key] = list(p["enum"])
+        elif p.get("type") == "boolean":
+            out[key] = [False, True]
+    return out
+
+
+# ---------------------------------------------------------------------------------------------- timing aids
+def sync(dev: torch.device) -> None:
+    if dev.type == "cuda":
+        torch.cuda.synchronize(dev)
+
+
+@contextlib.contextmanager
+def tf32(enabled: bool | None):
+    """TF32 for matmuls and cuDNN on (True) / off (False) inside; None: as torch has it. Restored after."""
+    old = (torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32)
+    if enabled is not None:
+        torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = enabled
+    try:
+        yield
+    finally:
+        torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32 = old
+
+
+def timed(fn: Callable[[], None], dev: torch.device, warmup: int, reps: int, target_s: float) -> float:
+    """Median seconds per call of ``fn`` over ``reps`` repeats, each of enough calls to last about ``target_s``."""
+    for _ in range(warmup):
+        fn()
+    sync(dev)
+    t0 = time.perf_counter()
+    fn()
+    sync(dev)
+    calls = max(1, min(500, int(target_s / max(time.perf_counter() - t0, 1e-6))))
+    times = []
+    for _ in range(reps):
+        t0 = time.perf_counter()
+        for _ in range(calls):
+            fn()
+        sync(dev)
+        times.append((time.perf_counter() - t0) / calls)
+    return statistics.median(times)
+
+
+# ------------------------------------------------------------------------------------------ the naive step
+class NaiveStep:
+    """The method's training step written out over the model's modules: eager, default Adam, nothing else."""
+
+    def __init__(self, model, method: str, tr: dict[str, Any]):
+        self.method, self.enc, self.dec = method, model.encoder, model.decoder
+        self.adv = getattr(model, "adversary", None)
+        self.params_a = list(self.adv.parameters()) if self.adv is not None else []
+        self.params_p = list(self.enc.parameters()) + list(self.dec.parameters())
+        betas = (tr["adam_beta1"], 0.999)
+        self.opt_p = torch.optim.Adam(self.params_p, lr=tr["lr"], betas=betas)
+        self.opt_a = torch.optim.Adam(self.params_a, lr=tr["lr_adversary"], betas=betas) if self.adv else None
+        model.train()
+
+    def losses(self, x: torch.Tensor):
+        if self.method == "vae":
+            mean, log_std = self.enc(x)
+            z = mean + torch.randn_like(mean) * torch.exp(log_std)
+            kl = 0.5 * (mean * mean + torch.exp(2 * log_std) - 1.0 - 2 * log_std).sum(-1)
+            recon = F.binary_cross_entropy_with_logits(self.dec(z), x, reduction="none").sum(-1)
+            return (recon + kl).mean() / 784, None
+        if self.method == "avb":
+            z = self.enc(x)
+            t_q, t_p = self.adv(x, z, torch.randn_like(z))
+            kl = t_q
+        else:
+            from avb.objectives import AC_VAR_FLOOR
+            z, mean, var = self.enc(x)
+            mu, sigma = mean.detach(), torch.sqrt(var.detach() + AC_VAR_FLOOR)
+            z_bar = (z - mu) / sigma
+            t_q, t_p = self.adv(x, z_bar, torch.randn_like(z))
+            kl = t_q - 0.5 * (z_bar * z_bar + 2 * torch.log(sigma) - z * z).sum(-1)  # + log r(z|x) - log p(z)
+        recon = F.binary_cross_entropy_with_logits(self.dec(z), x, reduction="none").sum(-1)
+        adv = F.binary_cross_entropy_with_logits(t_q, torch.ones_like(t_q)) \
+            + F.binary_cross_entropy_with_logits(t_p, torch.zeros_like(t_p))
+        return (recon + kl).mean() / 784, adv
+
+    def __call__(self, x: torch.Tensor) -> None:
+        primal, adv = self.losses(x)
+        self.opt_p.zero_grad(set_to_none=True)
+        if adv is not None:
+            self.opt_a.zero_grad(set_to_none=True)
+            adv.backward(inputs=self.params_a, retain_graph=True)
+        primal.backward(inputs=self.params_p)
+        self.opt_p.step()
+        if adv is not None:
+            self.opt_a.step()
+
+
+def naive_images_per_s(run: dict[str, Any], dev: torch.device, use_tf32: bool, smoke: bool) -> float:
+    from avb.experiments import build
+    torch.manual_seed(0)
+    model = build(run).to(dev)
+    step, batches = NaiveStep(model, run["method"], run["train"]), SyntheticBatches(run["train"]["batch_size"], dev)
+    with tf32(use_tf32):
+        t = timed(lambda: step(next(batches)), dev, warmup=1 if smoke else 3, reps=1 if smoke else 5,
+                  target_s=0.0 if smoke else 0.3)
+    return run["train"]["batch_size"] / t
+
+
+# ---------------------------------------------------------------------------------------- the project's step
+def project_images_per_s(run: dict[str, Any], dev: torch.device, log_every: int, windows: int) -> dict[str, Any]:
+    """``avb.train.train`` on ``run`` (device, steps and logging set here) fed synthetic batches; the loop's own
+    images/s, median over its logged windows after the first."""
+    import pandas as pd
+    from avb import train as avb_train
+
+    run = json.loads(json.dumps(run))
+    run["train"].update(device=str(dev), steps=log_every * (windows + 1), log_every=log_every,
+                        checkpoint_every=10 ** 9)
+    batches = lambda *a, **k: SyntheticBatches(run["train"]["batch_size"], dev)  # noqa: E731
+    real = getattr(avb_train, "make_batches", None)  # what avb.train.setup draws its batches from
+    if real is not None:
+        avb_train.make_batches = batches
+    try:
+        with tempfile.TemporaryDirectory() as out, tf32(None):
+            t0 = time.perf_counter()
+            if real is not None:
+                avb_train.train(run, out, progress=False)
+            else:  # a setup that reads its batches otherwise: the loop itself, on the model built as setup does
+                from avb.experiments import build
+                torch.manual_seed(run["seed"])
+                avb_train.fit(build(run).to(dev), batches(), torch.Generator().manual_seed(run["seed"] + 1), run,
+                              out, progress=False)
+            wall = time.perf_counter() - t0
+            rows = pd.read_csv(Path(out) / "train_metrics.csv")
+    finally:
+        if real is not None:
+            avb_train.make_batches = real
+    rates = [float(v) for v in rows["images_per_s"].iloc[1:] if math.isfinite(v)]
+    return {"images_per_s": statistics.median(rates) if rates else math.nan, "windows": len(rates),
+            "log_every": log_every, "wall_s": wall}
+
+
+def option_sets(options: dict[str, list]) -> list[dict[str, Any]]:
+    """Each precision alone, then compile on top of the fastest precision (filled in when it is known: None)."""
+    sets: list[dict[str, Any]] = [{"precision": p} for p in options.get("precision", [])] or [{}]
+    if True in options.get("compile", []):
+        sets.append({"compile": True, "precision": None})
+    return sets
+
+
+def label(opts: dict[str, Any]) -> str:
+    return ",".join(f"{k}={v}" for k, v in opts.items()) or "default"
+
+
+# -------------------------------------------------------------------------------------------------------- AIS
+def ais_rate(run: dict[str, Any], ev: dict[str, Any], dev: torch.device, transitions: int) -> dict[str, Any]:
+    """Latent-gradient evaluations per second of AIS on the row's decoder, as the row's evaluation calls it."""
+    from avb.ais import estimate_log_likelihood
+    from avb.experiments import build
+
+    torch.manual_seed(0)
+    decoder = build(run).decoder.to(dev).eval()
+    x = SyntheticBatches(ev["batch_size"], dev, n=1).pool[0]
+    count = {"rows": 0}
+    precision = ev.get("precision", "fp32")
+    autocast = (torch.autocast(device_type=dev.type, dtype=torch.bfloat16) if precision == "bf16"
+                else contextlib.nullcontext())
+
+    def log_lik(x_rep, z):
+        count["rows"] += z.shape[0]
+        with autocast:
+            return decoder.log_likelihood(x_rep, z).float()
+
+    gen_device = [dev]  # AIS draws its numbers with a generator on the device, else (older AIS) on the CPU
+
+    def once(n_transitions: int) -> None:
+        kwargs = dict(n_steps=n_transitions + 1, n_chains=ev["ais_chains"], leapfrog_steps=ev["leapfrog_steps"],
+                      eps=ev["ais_eps"], adapt=ev["ais_adapt"], leapfrog=ev["ais_leapfrog"],
+                      schedule=ev["ais_schedule"], memory_mb=ev["ais_memory_mb"])
+        gen = torch.Generator(device=gen_device[0]).manual_seed(1)
+        estimate_log_likelihood(log_lik, x, run["z_dim"], generator=gen, **kwargs)
+        sync(dev)
+
+    with tf32(True if precision == "tf32" else False if precision == "fp32" else None):
+        try:  # warm-up
+            once(1)
+        except (RuntimeError, TypeError):
+            if dev.type == "cpu":
+                raise
+            gen_device[0] = torch.device("cpu")
+            once(1)
+        count["rows"] = 0
+        t0 = time.perf_counter()
+        once(transitions)
+        seconds = time.perf_counter() - t0
+    rows = ev["batch_size"] * ev["ais_chains"]
+    per_transition = (count["rows"] - rows) / (rows * transitions)  # the initial evaluation aside
+    run_evals = ev["n_test"] * ev["ais_chains"] * (1 + (ev["ais_steps"] - 1) * per_transition)
+    rate = count["rows"] / seconds
+    return {"latent_grad_evals_per_s": rate, "rows_per_call": rows, "precision": precision,
+            "evals_per_transition": per_transition, "paper_run_evals": run_evals,
+            "paper_run_min": run_evals / rate / 60, "n_test": ev["n_test"], "ais_steps": ev["ais_steps"],
+            "ais_chains": ev["ais_chains"]}
+
+
+# -------------------------------------------------------------------------------------------------------- main
+def device_info(dev: torch.device) -> dict[str, Any]:
+    info = {"device": str(dev), "torch": torch.__version__, "cuda": torch.version.cuda, "host": platform.node()}
+    if dev.type == "cuda":
+        p = torch.cuda.get_device_properties(dev)
+        info.update(name=p.name, capability=f"{p.major}.{p.minor}", memory_gib=round(p.total_memory / 2 ** 30, 1))
+    else:
+        info.update(name=platform.processor() or platform.machine(), capability=None)
+    return info
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--device", default="cuda", help="cuda (default) or cuda:N; cpu only with --smoke")
+    ap.add_argument("--out", default="gpu_throughput.json", help="measurements for `avb plan --throughput`")
+    ap.add_argument("--budget-s", type=float, default=200.0,
+                    help="no new project option starts after this many seconds (default 200)")
+    ap.add_argument("--smoke", action="store_true", help="tiny sizes (tests the script, e.g. on the CPU)")
+    a = ap.parse_args(argv)
+    dev = torch.device(a.device)
+    if dev.type == "cuda" and not torch.cuda.is_available():
+        print(f"gpu_throughput: no CUDA device (torch {torch.__version__}, CUDA build {torch.version.cuda}): "
+              f"nothing measured")
+        return 0
+    if dev.type != "cuda" and not a.smoke:
+        ap.error("--device cpu measures nothing worth keeping; use it with --smoke")
+    t_start = time.monotonic()
+    over = lambda: time.monotonic() - t_start > a.budget_s  # noqa: E731
+    rows = paper_rows(a.smoke)
+    options = schema_options("train")
+    info = device_info(dev)
+    print(f"device {info['name']} ({info['device']}, capability {info['capability']}), torch {info['torch']}, "
+          f"CUDA {info['cuda']}; project options from the schema: {options or 'none (project default only)'}",
+          flush=True)
+    result: dict[str, Any] = {"schema": SCHEMA_VERSION, "device": info, "smoke": a.smoke,
+                              "measured": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+                              "train": {}, "ais": {}, "train_images_per_s": {}, "ais_latent_grad_evals_per_s": {}}
+
+    def save() -> None:
+        Path(a.out).write_text(json.dumps(result, indent=2) + "\n")
+
+    speedup: dict[str, float] = {}
+    for m in METHODS:
+        run = rows[m]["run"]
+        batch = run["train"]["batch_size"]
+        naive = {"fp32": naive_images_per_s(run, dev, False, a.smoke), "tf32": naive_images_per_s(run, dev, True,
+                                                                                               a.smoke)}
+        steps_per_s = naive["tf32"] / batch
+        log_every = 1 if a.smoke else max(20, int(steps_per_s * 0.4))
+        windows = 1 if a.smoke else 4
+        project: dict[str, Any] = {}
+        for opts in option_sets(options):
+            if opts.get("precision", "x") is None:  # compile: on the fastest precision measured
+                done = {k: v for k, v in project.items() if "images_per_s" in v and math.isfinite(v["images_per_s"])}
+                best = max(done.values(), key=lambda v: v["images_per_s"], default=None)
+                opts = {**opts, "precision": best["options"].get("precision") if best else None}
+                opts = {k: v for k, v in opts.items() if v is not None}
+            name = label(opts)
+            if over():
+                project[name] = {"options": opts, "skipped": f"over the {a.budget_s:.0f} s budget"}
+                continue
+            r = json.loads(json.dumps(run))
+            r["train"].update(opts)
+            try:
+                project[name] = {"options": opts, **project_images_per_s(r, dev, log_every, windows)}
+            except Exception as err:  # one option failing does not lose the others' numbers
+                project[name] = {"options": opts, "error": f"{type(err).__name__}: {str(err)[:300]}"}
+        measured = {k: v["images_per_s"] for k, v in project.items() if math.isfinite(v.get("images_per_s", math.nan))}
+        best_name = max(measured, key=measured.get) if measured else None
+        best = measured.get(best_name, math.nan)
+        speedup[m] = best / naive["tf32"]
+        result["train"][m] = {"arch": run["model"].get("arch"), "batch_size": batch, "naive_images_per_s": naive,
+                              "project": project, "best": {"option": best_name, "images_per_s": best},
+                              "speedup_vs_naive_tf32": speedup[m]}
+        result["train_images_per_s"][m] = best
+        print(f"{m:7s} {run['model'].get('arch')} batch {batch}: naive fp32 {naive['fp32']:9.0f} img/s, "
+              f"tf32 {naive['tf32']:9.0f} img/s; project " +
+              ", ".join(f"{k} {v['images_per_s']:9.0f}" if "images_per_s" in v else
+                        f"{k} {v.get('skipped') or v.get('error')}" for k, v in project.items()) +
+              f"; best {best_name} = {speedup[m]:.2f} x naive tf32", flush=True)
+        save()
+    for m in METHODS:
+        r = ais_rate(rows[m]["run"], rows[m]["eval"], dev, transitions=1 if a.smoke else 3)
+        result["ais"][m] = r
+        result["ais_latent_grad_evals_per_s"][m] = r["latent_grad_evals_per_s"]
+        print(f"AIS {m:7s}: {r['rows_per_call']} rows per call ({r['precision']}), "
+              f"{r['latent_grad_evals_per_s']:10.0f} latent-gradient evaluations/s; a paper-scale run "
+              f"({r['n_test']} images x {r['ais_chains']} chains x {r['ais_steps']} steps) = "
+              f"{r['paper_run_min']:.1f} min", flush=True)
+        save()
+    run_min = max(result["ais"][m]["paper_run_min"] for m in METHODS)
+    result["ais_paper_run_min"] = run_min
+    result["wall_s"] = time.monotonic() - t_start
+    save()
+    print(f"wrote {a.out} ({result['wall_s']:.0f} s)")
+    print("gpu train speedup vs naive: " + " ".join(f"{m}={speedup[m]:.2f}" for m in METHODS) +
+          f" ais_paper_run_min={run_min:.1f}", flush=True)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
