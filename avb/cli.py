@@ -216,6 +216,14 @@ def main(argv: list[str] | None = None) -> int:
     c.add_argument("--rows", action="store_true", help="instead: one JSON object per line, one line per run of the "
                    "sweep, with its method, dataset, z_dim, seed and resolved model, train and eval sections")
 
+    pl = sub.add_parser("plan", help="expected GPU-hours of a preset's jobs, from measured or given throughput")
+    pl.add_argument("--configfile", required=True, help="the preset, e.g. config/paper.yaml")
+    pl.add_argument("--throughput", help="JSON file of benchmarks/gpu_throughput.py --out (rates per method)")
+    pl.add_argument("--img-per-s", type=float, help="training images per second, for every method (replaces the "
+                                                    "file's)")
+    pl.add_argument("--ais-evals-per-s", type=float, help="AIS latent-gradient evaluations per second, for every "
+                                                          "method (replaces the file's)")
+
     a = p.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="[%(name)s] %(message)s")
     try:
@@ -315,6 +323,16 @@ def main(argv: list[str] | None = None) -> int:
             else:
                 changed = readme.update(a.readme, a.run_dir)
                 print(f"{a.readme}: results block {'rewritten' if changed else 'already up to date'} from {a.run_dir}")
+        elif a.cmd == "plan":
+            from . import plan
+            from .config import load
+            if a.throughput is None and a.img_per_s is None:
+                p.error("plan: give --throughput FILE (benchmarks/gpu_throughput.py --out) or --img-per-s N")
+            cfg = load(a.configfile)
+            rates = plan.read_rates(a.throughput) if a.throughput else None
+            rates = plan.with_given(rates, a.img_per_s, a.ais_evals_per_s, list(cfg["methods"]))
+            print(plan.render(plan.plan(cfg, rates), rates, f"avb plan: {a.configfile} (preset {cfg['preset']}), "
+                              f"GPU-hours per job, each alone on one GPU"))
         elif a.cmd == "check-config":
             from .config import load, rows
             cfg = load(a.config)
