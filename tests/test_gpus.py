@@ -247,3 +247,19 @@ def test_gpu_jobs_hold_one_gpu_slot_and_the_default_profile_caps_them(tmp_path):
     assert res["evaluate"]["gpu_slots"] == "0" and res["evaluate"]["gpu"] == "0"  # device cpu: holds none
     profile = yaml.safe_load((ROOT / "profiles/default/config.yaml").read_text())
     assert profile["resources"] == {"gpu_slots": 1}   # one GPU job at a time unless --resources gpu_slots=N
+
+
+@pytest.mark.slow
+def test_a_pipeline_job_takes_its_device_slot_from_the_environment(tmp_path, monkeypatch):
+    """AVB_GPUS reaches the jobs through Snakemake's environment: the training job takes a slot and trains with
+    CUDA_VISIBLE_DEVICES set to its device (on this CPU machine a fake id: the job then runs on the CPU)."""
+    cfg = tmp_path / "tiny.yaml"
+    cfg.write_text(yaml.safe_dump(TINY))
+    monkeypatch.setenv("AVB_GPUS", "fake7")
+    monkeypatch.setenv("AVB_GPU_LOCK_DIR", str(tmp_path / "locks"))
+    target = "results/slots/runs/mnist/vae/z2/seed0/model.pt"
+    r = snakemake(tmp_path, target, "--cores", "1", "--configfile", str(cfg))
+    assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
+    log = (tmp_path / "results/slots/runs/mnist/vae/z2/seed0/logs/train.log").read_text()
+    assert "GPU slot 1 of 1 on device fake7" in log and "CUDA_VISIBLE_DEVICES=fake7" in log, log[-2000:]
+    assert gpus.try_acquire(["fake7"], 1, tmp_path / "locks") is not None   # released when the job ended
