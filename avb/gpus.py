@@ -6,8 +6,11 @@ in ``profiles/default``); this module decides *which* GPU each running job gets.
 environment of the Snakemake invocation (jobs inherit it), never by a preset (a machine's GPUs are no setting of a
 run):
 
-* ``AVB_GPUS``: the devices to spread jobs over, as ``CUDA_VISIBLE_DEVICES`` takes them (``0,1`` or GPU UUIDs).
-  Unset or empty: nothing is done; every job uses the first visible GPU (what the scheduler or the user set).
+* ``AVB_GPUS``: the devices to spread jobs over, as ``CUDA_VISIBLE_DEVICES`` takes them (``0,1`` or GPU UUIDs:
+  the machine's own ids; a job's ``CUDA_VISIBLE_DEVICES`` is replaced by its slot's device). Unset or empty:
+  nothing is done; every job uses the first visible GPU (what the scheduler or the user set). Ignored inside a
+  SLURM job (``SLURM_JOB_ID`` set; sbatch passes the submitting shell's environment on): there the allocation's
+  GPUs are SLURM's to assign.
 * ``AVB_JOBS_PER_GPU``: K, the jobs that may share one device (default 1). Snakemake's ``gpu_slots`` should be
   K x the number of devices; a mismatch is safe: with more Snakemake slots than device slots, a job waits for a
   free device slot (logged), and no device ever holds more than K jobs.
@@ -152,6 +155,9 @@ def claim(device: str, environ: dict[str, str] | None = None,
     say = say or (lambda msg: print(f"[avb] {msg}", file=sys.stderr, flush=True))
     devices = devices_from_env(env)
     if not devices:
+        return None
+    if env.get("SLURM_JOB_ID"):
+        say(f"{ENV_GPUS}={env[ENV_GPUS]} ignored inside SLURM job {env['SLURM_JOB_ID']} (its GPUs are SLURM's)")
         return None
     if not wants_slot(device):
         say(f"device {device}: takes no GPU slot ({ENV_GPUS}={env[ENV_GPUS]} is for devices auto / cuda)")

@@ -22,8 +22,9 @@ up front: neither side reads data.
   transition)`` evaluations; ``ais_paper_run_min`` is the longest of the three rows (ELBO, IWAE and BDMC not
   counted).
 
-The run stops starting new project options after ``--budget-s`` seconds (default 200; each is recorded as skipped):
-on one GPU the whole script stays under 5 minutes. Without CUDA it prints one line saying so and exits 0
+The run stops starting new project options after ``--budget-s`` seconds (default 170; a compiled one 60 s before
+that; each is recorded as skipped), and times AIS for about 6 s per row: on one GPU the whole script stays under 5
+minutes. Without CUDA it prints one line saying so and exits 0
 (``--device cpu --smoke``: tiny sizes on the CPU, to test the script). ``--out`` (default gpu_throughput.json) gets
 the measurements, which ``avb plan --throughput FILE`` reads. The last line printed is
 
@@ -56,6 +57,7 @@ from avb.jobs import eval_config, train_config  # noqa: E402
 METHODS = ("vae", "avb", "avb_ac")
 Z_DIM, DATASET = 8, "mnist"
 SCHEMA_VERSION = "avb-gpu-throughput/1"
+COMPILE_RESERVE_S = 60.0  # a compiled option starts only with this much of the budget left
 
 
 # ------------------------------------------------------------------------------------------------ the inputs
@@ -120,14 +122,18 @@ def sync(dev: torch.device) -> None:
 
 @contextlib.contextmanager
 def tf32(enabled: bool | None):
-    """TF32 for matmuls and cuDNN on (True) / off (False) inside; None: as torch has it. Restored after."""
-    old = (torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32)
+    """TF32 for matmuls and cuDNN on (True) / off (False) inside; None: as torch has it. Whatever runs inside may
+    change these flags (a precision option of the project): the matmul precision, TF32 and cudnn.benchmark flags
+    are put back afterwards, so that each measurement starts from the same state."""
+    old = (torch.get_float32_matmul_precision(), torch.backends.cuda.matmul.allow_tf32,
+           torch.backends.cudnn.allow_tf32, torch.backends.cudnn.benchmark)
     if enabled is not None:
         torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = enabled
     try:
         yield
     finally:
-        torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32 = old
+        torch.set_float32_matmul_precision(old[0])
+        torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32, torch.backends.cudnn.benchmark = old[1:]
 
 
 def timed(fn: Callable[[], None], dev: torch.device, warmup: int, reps: int, target_s: float) -> float:
@@ -223,16 +229,24 @@ def project_images_per_s(run: dict[str, Any], dev: torch.device, log_every: int,
     real = getattr(avb_train, "make_batches", None)  # what avb.train.setup draws its batches from
     if real is not None:
         avb_train.make_batches = batches
+    route = "avb.train.train"
     try:
         with tempfile.TemporaryDirectory() as out, tf32(None):
             t0 = time.perf_counter()
-            if real is not None:
+            try:
+                if real is None:
+                    raise LookupError("avb.train has no make_batches to feed")
                 avb_train.train(run, out, progress=False)
-            else:  # a setup that reads its batches otherwise: the loop itself, on the model built as setup does
+            except (LookupError, OSError, ValueError) as err:
+                # a setup that reads its batches otherwise (it found no data): the loop itself, on the model
+                # built as setup builds it
                 from avb.experiments import build
+                route = f"avb.train.fit ({type(err).__name__}: {str(err)[:120]})"
                 torch.manual_seed(run["seed"])
+                t0 = time.perf_counter()
                 avb_train.fit(build(run).to(dev), batches(), torch.Generator().manual_seed(run["seed"] + 1), run,
-                              out, progress=False)
+                              Path(out) / "fit", progress=False)
+                out = str(Path(out) / "fit")
             wall = time.perf_counter() - t0
             rows = pd.read_csv(Path(out) / "train_metrics.csv")
     finally:
@@ -240,7 +254,7 @@ def project_images_per_s(run: dict[str, Any], dev: torch.device, log_every: int,
             avb_train.make_batches = real
     rates = [float(v) for v in rows["images_per_s"].iloc[1:] if math.isfinite(v)]
     return {"images_per_s": statistics.median(rates) if rates else math.nan, "windows": len(rates),
-            "log_every": log_every, "wall_s": wall}
+            "log_every": log_every, "wall_s": wall, "route": route}
 
 
 def option_sets(options: dict[str, list]) -> list[dict[str, Any]]:
@@ -256,8 +270,10 @@ def label(opts: dict[str, Any]) -> str:
 
 
 # -------------------------------------------------------------------------------------------------------- AIS
-def ais_rate(run: dict[str, Any], ev: dict[str, Any], dev: torch.device, transitions: int) -> dict[str, Any]:
-    """Latent-gradient evaluations per second of AIS on the row's decoder, as the row's evaluation calls it."""
+def ais_rate(run: dict[str, Any], ev: dict[str, Any], dev: torch.device, target_s: float,
+             max_transitions: int) -> dict[str, Any]:
+    """Latent-gradient evaluations per second of AIS on the row's decoder, as the row's evaluation calls it: one
+    transition as warm-up, then as many as fit in about ``target_s`` (1 to ``max_transitions``), timed."""
     from avb.ais import estimate_log_likelihood
     from avb.experiments import build
 
@@ -266,12 +282,11 @@ def ais_rate(run: dict[str, Any], ev: dict[str, Any], dev: torch.device, transit
     x = SyntheticBatches(ev["batch_size"], dev, n=1).pool[0]
     count = {"rows": 0}
     precision = ev.get("precision", "fp32")
-    autocast = (torch.autocast(device_type=dev.type, dtype=torch.bfloat16) if precision == "bf16"
-                else contextlib.nullcontext())
 
     def log_lik(x_rep, z):
         count["rows"] += z.shape[0]
-        with autocast:
+        with (torch.autocast(device_type=dev.type, dtype=torch.bfloat16) if precision == "bf16"
+              else contextlib.nullcontext()):
             return decoder.log_likelihood(x_rep, z).float()
 
     gen_device = [dev]  # AIS draws its numbers with a generator on the device, else (older AIS) on the CPU
@@ -285,13 +300,16 @@ def ais_rate(run: dict[str, Any], ev: dict[str, Any], dev: torch.device, transit
         sync(dev)
 
     with tf32(True if precision == "tf32" else False if precision == "fp32" else None):
+        t0 = time.perf_counter()
         try:  # warm-up
             once(1)
         except (RuntimeError, TypeError):
             if dev.type == "cpu":
                 raise
             gen_device[0] = torch.device("cpu")
+            t0 = time.perf_counter()
             once(1)
+        transitions = max(1, min(max_transitions, round(target_s / max(time.perf_counter() - t0, 1e-6))))
         count["rows"] = 0
         t0 = time.perf_counter()
         once(transitions)
@@ -300,7 +318,7 @@ def ais_rate(run: dict[str, Any], ev: dict[str, Any], dev: torch.device, transit
     per_transition = (count["rows"] - rows) / (rows * transitions)  # the initial evaluation aside
     run_evals = ev["n_test"] * ev["ais_chains"] * (1 + (ev["ais_steps"] - 1) * per_transition)
     rate = count["rows"] / seconds
-    return {"latent_grad_evals_per_s": rate, "rows_per_call": rows, "precision": precision,
+    return {"latent_grad_evals_per_s": rate, "rows_per_call": rows, "precision": precision, "transitions": transitions,
             "evals_per_transition": per_transition, "paper_run_evals": run_evals,
             "paper_run_min": run_evals / rate / 60, "n_test": ev["n_test"], "ais_steps": ev["ais_steps"],
             "ais_chains": ev["ais_chains"]}
@@ -321,8 +339,9 @@ def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--device", default="cuda", help="cuda (default) or cuda:N; cpu only with --smoke")
     ap.add_argument("--out", default="gpu_throughput.json", help="measurements for `avb plan --throughput`")
-    ap.add_argument("--budget-s", type=float, default=200.0,
-                    help="no new project option starts after this many seconds (default 200)")
+    ap.add_argument("--budget-s", type=float, default=170.0,
+                    help="no new project option starts after this many seconds, no compiled one after this less "
+                         f"{COMPILE_RESERVE_S:.0f} s (default 170)")
     ap.add_argument("--smoke", action="store_true", help="tiny sizes (tests the script, e.g. on the CPU)")
     a = ap.parse_args(argv)
     dev = torch.device(a.device)
@@ -333,7 +352,7 @@ def main(argv: list[str] | None = None) -> int:
     if dev.type != "cuda" and not a.smoke:
         ap.error("--device cpu measures nothing worth keeping; use it with --smoke")
     t_start = time.monotonic()
-    over = lambda: time.monotonic() - t_start > a.budget_s  # noqa: E731
+    over = lambda reserve=0.0: time.monotonic() - t_start > a.budget_s - reserve  # noqa: E731
     rows = paper_rows(a.smoke)
     options = schema_options("train")
     info = device_info(dev)
@@ -364,7 +383,7 @@ def main(argv: list[str] | None = None) -> int:
                 opts = {**opts, "precision": best["options"].get("precision") if best else None}
                 opts = {k: v for k, v in opts.items() if v is not None}
             name = label(opts)
-            if over():
+            if over(COMPILE_RESERVE_S if opts.get("compile") else 0.0):  # a compilation may take a minute
                 project[name] = {"options": opts, "skipped": f"over the {a.budget_s:.0f} s budget"}
                 continue
             r = json.loads(json.dumps(run))
@@ -388,7 +407,8 @@ def main(argv: list[str] | None = None) -> int:
               f"; best {best_name} = {speedup[m]:.2f} x naive tf32", flush=True)
         save()
     for m in METHODS:
-        r = ais_rate(rows[m]["run"], rows[m]["eval"], dev, transitions=1 if a.smoke else 3)
+        r = ais_rate(rows[m]["run"], rows[m]["eval"], dev, target_s=0.0 if a.smoke else 6.0,
+                     max_transitions=1 if a.smoke else 5)
         result["ais"][m] = r
         result["ais_latent_grad_evals_per_s"][m] = r["latent_grad_evals_per_s"]
         print(f"AIS {m:7s}: {r['rows_per_call']} rows per call ({r['precision']}), "

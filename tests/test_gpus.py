@@ -42,7 +42,7 @@ while not (folder / "stop").exists():
 
 
 def _env(lock_dir: Path, devices: str, per_gpu: int = 1) -> dict:
-    env = {k: v for k, v in os.environ.items() if k != "CUDA_VISIBLE_DEVICES"}
+    env = {k: v for k, v in os.environ.items() if k not in ("CUDA_VISIBLE_DEVICES", "SLURM_JOB_ID")}
     env.update({"AVB_GPUS": devices, "AVB_JOBS_PER_GPU": str(per_gpu), "AVB_GPU_LOCK_DIR": str(lock_dir),
                 "PYTHONPATH": str(ROOT)})
     return env
@@ -121,6 +121,7 @@ def test_claim_only_for_auto_or_cuda_and_only_with_a_device_list(tmp_path):
     env = {**base, "AVB_GPUS": "5"}
     assert gpus.claim("cpu", env, say=said.append) is None
     assert gpus.claim("cuda:1", env, say=said.append) is None                      # an explicit device is kept
+    assert gpus.claim("auto", {**env, "SLURM_JOB_ID": "12"}, say=said.append) is None   # SLURM assigns its GPUs
     assert "CUDA_VISIBLE_DEVICES" not in env
     slot = gpus.claim("cuda", env, say=said.append)
     try:
@@ -256,6 +257,7 @@ def test_a_pipeline_job_takes_its_device_slot_from_the_environment(tmp_path, mon
     cfg = tmp_path / "tiny.yaml"
     cfg.write_text(yaml.safe_dump(TINY))
     monkeypatch.setenv("AVB_GPUS", "fake7")
+    monkeypatch.delenv("SLURM_JOB_ID", raising=False)
     monkeypatch.setenv("AVB_GPU_LOCK_DIR", str(tmp_path / "locks"))
     target = "results/slots/runs/mnist/vae/z2/seed0/model.pt"
     r = snakemake(tmp_path, target, "--cores", "1", "--configfile", str(cfg))
