@@ -261,8 +261,19 @@ def option_sets(options: dict[str, list]) -> list[dict[str, Any]]:
     """Each precision alone, then compile on top of the fastest precision (filled in when it is known: None)."""
     sets: list[dict[str, Any]] = [{"precision": p} for p in options.get("precision", [])] or [{}]
     if True in options.get("compile", []):
-        sets.append({"compile": True, "precision": None})
+        sets.append({"compile": True, **({"precision": None} if options.get("precision") else {})})
     return sets
+
+
+def on_fastest(opts: dict[str, Any], project: dict[str, dict[str, Any]]) -> dict[str, Any]:
+    """``opts`` with a precision of None (see ``option_sets``) set to that of the fastest option measured so far
+    in ``project`` (left out where none was measured or it had none)."""
+    if "precision" not in opts or opts["precision"] is not None:
+        return opts
+    done = [v for v in project.values() if math.isfinite(v.get("images_per_s", math.nan))]
+    best = max(done, key=lambda v: v["images_per_s"], default=None)
+    precision = best["options"].get("precision") if best else None
+    return {k: v for k, v in {**opts, "precision": precision}.items() if v is not None}
 
 
 def label(opts: dict[str, Any]) -> str:
@@ -377,11 +388,7 @@ def main(argv: list[str] | None = None) -> int:
         windows = 1 if a.smoke else 4
         project: dict[str, Any] = {}
         for opts in option_sets(options):
-            if opts.get("precision", "x") is None:  # compile: on the fastest precision measured
-                done = {k: v for k, v in project.items() if "images_per_s" in v and math.isfinite(v["images_per_s"])}
-                best = max(done.values(), key=lambda v: v["images_per_s"], default=None)
-                opts = {**opts, "precision": best["options"].get("precision") if best else None}
-                opts = {k: v for k, v in opts.items() if v is not None}
+            opts = on_fastest(opts, project)  # compile: on the fastest precision measured
             name = label(opts)
             if over(COMPILE_RESERVE_S if opts.get("compile") else 0.0):  # a compilation may take a minute
                 project[name] = {"options": opts, "skipped": f"over the {a.budget_s:.0f} s budget"}

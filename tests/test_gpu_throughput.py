@@ -3,6 +3,7 @@
 numbers here are no measurement: speed is measured on a GPU only."""
 from __future__ import annotations
 
+import importlib.util
 import json
 import math
 import os
@@ -36,6 +37,29 @@ def test_without_cuda_one_line_and_exit_0(tmp_path):
 def test_cpu_without_smoke_is_refused(tmp_path):
     r = _run("--device", "cpu", "--out", str(tmp_path / "t.json"), timeout=120)
     assert r.returncode == 2 and "--smoke" in r.stderr
+
+
+def _module():
+    spec = importlib.util.spec_from_file_location("gpu_throughput", SCRIPT)
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    return mod
+
+
+def test_options_each_precision_then_compile_on_the_fastest():
+    """The speed options of gpu-loop (train.precision, train.compile), as the schema will declare them: each
+    precision alone, then compile on the fastest; with no such keys, the project's default only."""
+    g = _module()
+    sets = g.option_sets({"precision": ["fp32", "tf32", "bf16"], "compile": [False, True]})
+    assert sets == [{"precision": "fp32"}, {"precision": "tf32"}, {"precision": "bf16"},
+                    {"compile": True, "precision": None}]
+    assert g.option_sets({}) == [{}] and g.option_sets({"compile": [False, True]}) == [{}, {"compile": True}]
+    project = {"precision=fp32": {"options": {"precision": "fp32"}, "images_per_s": 5.0},
+               "precision=bf16": {"options": {"precision": "bf16"}, "images_per_s": 9.0},
+               "precision=tf32": {"options": {"precision": "tf32"}, "error": "x"}}
+    assert g.on_fastest(sets[-1], project) == {"compile": True, "precision": "bf16"}
+    assert g.on_fastest(sets[-1], {}) == {"compile": True}
+    assert g.label({"compile": True, "precision": "bf16"}) == "compile=True,precision=bf16"
 
 
 @pytest.mark.slow
