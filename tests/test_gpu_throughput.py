@@ -46,20 +46,29 @@ def _module():
     return mod
 
 
-def test_options_each_precision_then_compile_on_the_fastest():
-    """The speed options of gpu-loop (train.precision, train.compile), as the schema will declare them: each
-    precision alone, then compile on the fastest; with no such keys, the project's default only."""
+def test_option_sets_with_the_speed_keys_of_the_schema():
+    """The speed options gpu-loop adds (train.precision, train.compile enums): each precision eager, then the row
+    as the preset sets it (compiled) and the other compile modes but max-autotune; without the keys, the row only."""
     g = _module()
-    sets = g.option_sets({"precision": ["fp32", "tf32", "bf16"], "compile": [False, True]})
-    assert sets == [{"precision": "fp32"}, {"precision": "tf32"}, {"precision": "bf16"},
-                    {"compile": True, "precision": None}]
-    assert g.option_sets({}) == [{}] and g.option_sets({"compile": [False, True]}) == [{}, {"compile": True}]
-    project = {"precision=fp32": {"options": {"precision": "fp32"}, "images_per_s": 5.0},
-               "precision=bf16": {"options": {"precision": "bf16"}, "images_per_s": 9.0},
-               "precision=tf32": {"options": {"precision": "tf32"}, "error": "x"}}
-    assert g.on_fastest(sets[-1], project) == {"compile": True, "precision": "bf16"}
-    assert g.on_fastest(sets[-1], {}) == {"compile": True}
-    assert g.label({"compile": True, "precision": "bf16"}) == "compile=True,precision=bf16"
+    opts = {"precision": ["fp32", "tf32", "bf16"], "compile": ["none", "default", "reduce-overhead", "max-autotune"]}
+    row = {"precision": "tf32", "compile": "default", "channels_last": True}
+    assert g.option_sets(row, opts) == [
+        ("eager", {"precision": "fp32", "compile": "none"}), ("eager", {"precision": "tf32", "compile": "none"}),
+        ("eager", {"precision": "bf16", "compile": "none"}), ("compiled", {}),
+        ("compiled", {"compile": "reduce-overhead"})]
+    eager_row = {"precision": "bf16", "compile": "none"}
+    sets = g.option_sets(eager_row, opts)
+    assert ("eager", {}) in sets and ("compiled", {}) not in sets          # the eager row is measured as it is
+    assert g.option_sets({}, {}) == [("eager", {})]
+    assert g.label({}) == "as the preset" and g.label({"precision": "bf16", "compile": "none"}) == \
+        "precision=bf16,compile=none"
+
+
+def test_schema_options_are_read_from_the_schema():
+    g = _module()
+    got = g.schema_options("train")
+    assert set(got) <= {"precision", "compile"}
+    assert all(isinstance(v, list) and v for v in got.values())
 
 
 @pytest.mark.slow
@@ -75,7 +84,7 @@ def test_smoke_run_on_the_cpu_writes_what_plan_reads(tmp_path):
     for method in ("vae", "avb", "avb_ac"):
         t = d["train"][method]
         assert t["arch"] == ("conv1" if method == "vae" else "conv0")
-        assert t["naive_images_per_s"]["fp32"] > 0 and t["best"]["images_per_s"] > 0
+        assert t["naive_images_per_s"]["fp32"] > 0 and t["preset"]["images_per_s"] > 0
         assert float(m.group(1 + ("vae", "avb", "avb_ac").index(method))) == pytest.approx(
             t["speedup_vs_naive_tf32"], abs=0.006)
         a = d["ais"][method]
