@@ -1,8 +1,10 @@
 """Command line: ``avb <command>``; ``avb --help`` lists the commands, ``avb <command> --help`` their options.
 
-Settings come from JSON files (``--config FILE``, as the pipeline's local rules write them from tracked params),
-never from the command line; a file is checked against the schema's definition of its section
-(``avb.config.section``), whose defaults fill the keys it leaves out.
+Settings come from JSON files (``--config FILE``, as the pipeline's local rules write them from tracked params);
+a file is checked against the schema's definition of its section (``avb.config.section``), whose defaults fill the
+keys it leaves out. Only a training run's config may be changed on the command line, by hand:
+``avb train CONFIG train.steps=100 model.arch=conv0 --device cuda:1`` (values read as YAML, each key and value
+checked against the schema: ``avb.config.assign``); the pipeline never does so.
 """
 from __future__ import annotations
 
@@ -16,6 +18,9 @@ import torch
 
 DATA_DIR_HELP = ("folder holding the datasets (the config's data_dir); unset or '': AVB_DATA_DIR, ../shared/data, "
                  "then a download")
+# The sections of a run config that the command line may change, and their definitions in the schema.
+RUN_SECTIONS = {"model": "model", "train": "train"}
+TOY_SECTIONS = {"model": "toy.model", "train": "toy.train"}
 SCHOOLS_CONFIG_HELP = "JSON file of (part of) the config's schools section; unset keys take the schema defaults"
 
 
@@ -37,6 +42,26 @@ def _settings(path: str | None) -> dict:
         return {}
     from .config import read_settings
     return read_settings(path)
+
+
+SETTINGS_HELP = ("settings of the run config to change, e.g. train.steps=100 model.arch=conv0 (values read as YAML; "
+                 "each key and value checked against the schema; raising train.steps alone continues the run)")
+DEVICE_HELP = "training device (auto, cpu, cuda, cuda:N): the same as train.device=DEVICE"
+
+
+def _run_config(path: str, settings: list[str], device: str | None, sections: dict[str, str]) -> dict:
+    """The run config in JSON file ``path`` with the command line's ``SECTION.KEY=VALUE`` settings and ``--device``
+    applied (``avb.config.assign``: unknown keys and bad values are errors naming the key)."""
+    from .config import assign, read_settings
+    extra = [*settings, *([f"train.device={json.dumps(device)}"] if device is not None else [])]
+    return assign(read_settings(path), extra, sections, f"run config {path} with {' '.join(extra)}") if extra \
+        else read_settings(path)
+
+
+def _add_run_settings(job: argparse.ArgumentParser) -> None:
+    job.add_argument("run_config")
+    job.add_argument("settings", nargs="*", metavar="SECTION.KEY=VALUE", help=SETTINGS_HELP)
+    job.add_argument("--device", help=DEVICE_HELP)
 
 
 def _data_dir(value: str) -> str | None:
@@ -79,7 +104,7 @@ def _toy(a: argparse.Namespace) -> str:
     """``avb toy train | evaluate | report``."""
     if a.toy_cmd == "train":
         from .train import train
-        run = _settings(a.run_config)
+        run = _run_config(a.run_config, a.settings, a.device, TOY_SECTIONS)
         _gpu_slot(run["train"]["device"])
         return str(train(run, a.out))
     if a.toy_cmd == "evaluate":
@@ -105,8 +130,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--version", action="version", version=f"avb-replication {_version()}")
     sub = p.add_subparsers(dest="cmd", required=True, metavar="<command>", title="commands")
 
-    t = _job(sub, "train", "train one run from its resolved run config (JSON)", data_dir=True)
-    t.add_argument("run_config")
+    t = _job(sub, "train", "train one run from its resolved run config (JSON), optionally changed", data_dir=True)
+    _add_run_settings(t)
     t.add_argument("--out", required=True, help="run folder: model.pt, checkpoint.pt, train_metrics.csv")
 
     e = _job(sub, "evaluate", "AIS log-likelihood and ELBO of a trained model on test images", model=True,
@@ -171,8 +196,8 @@ def main(argv: list[str] | None = None) -> int:
 
     toy = sub.add_parser("toy", help="four-image toy: train, evaluate (exact log p(x)), report")
     ts = toy.add_subparsers(dest="toy_cmd", required=True)
-    tt = _job(ts, "train", "train one toy run from its run config (JSON)")
-    tt.add_argument("run_config")
+    tt = _job(ts, "train", "train one toy run from its run config (JSON), optionally changed")
+    _add_run_settings(tt)
     tt.add_argument("--out", required=True, help="run folder: model.pt, checkpoint.pt, train_metrics.csv")
     te = _job(ts, "evaluate", "exact log p(x) by quadrature, posteriors, ELBO and KL estimates", model=True,
               config="JSON file of toy eval settings (the toy.eval section of a config, as eval_config.json); unset "
@@ -212,7 +237,10 @@ def main(argv: list[str] | None = None) -> int:
     rd.add_argument("--check", action="store_true", help="only check that the block is up to date (exit 1 if not)")
 
     c = sub.add_parser("check-config", help="validate a preset config and print it with defaults filled in")
-    c.add_argument("config")
+    c.add_argument("config", nargs="+", help="the preset file, then any override files merged over it in order (as "
+                                             "snakemake --configfile PRESET MORE.yaml)")
+    c.add_argument("--config", dest="cli_config", nargs="+", default=[], metavar="KEY=VALUE",
+                   help="then these, as snakemake --config reads them (values YAML): 'train={steps: 100}'")
     c.add_argument("--rows", action="store_true", help="instead: one JSON object per line, one line per run of the "
                    "sweep, with its method, dataset, z_dim, seed and resolved model, train and eval sections")
 
@@ -228,9 +256,9 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO, format="[%(name)s] %(message)s")
     try:
         if a.cmd == "train":
-            from .train import read_run_config, train
+            from .train import train
             _threads(a.threads)
-            run = read_run_config(a.run_config)
+            run = _run_config(a.run_config, a.settings, a.device, RUN_SECTIONS)
             _gpu_slot(run["train"]["device"])
             print(train(run, a.out, data_dir=a.data_dir))
         elif a.cmd == "evaluate":
@@ -334,8 +362,8 @@ def main(argv: list[str] | None = None) -> int:
             print(plan.render(plan.plan(cfg, rates), rates, f"avb plan: {a.configfile} (preset {cfg['preset']}), "
                               f"GPU-hours per job, each alone on one GPU"))
         elif a.cmd == "check-config":
-            from .config import load, rows
-            cfg = load(a.config)
+            from .config import load_merged, rows
+            cfg = load_merged(a.config, a.cli_config)
             if a.rows:
                 for row in rows(cfg):
                     print(json.dumps(row, sort_keys=True))

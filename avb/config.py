@@ -2,6 +2,9 @@
 
 * ``read_yaml`` / ``load``: a key written twice in one mapping of a preset file is an error naming the key and the
   file (PyYAML and Snakemake silently keep the last one).
+* Overriding (config/README.md): ``merge`` (deep, as a second ``--configfile``), ``cli_config`` (Snakemake's
+  ``--config`` entries with their values read as YAML), ``load_merged`` (``avb check-config PRESET MORE.yaml
+  --config ...``) and ``assign`` (``avb train CONFIG train.steps=100``: dotted keys, each checked by the schema).
 * ``validate``: fills the schema's defaults and raises ``ConfigError`` naming every offending key path
   (``overrides[1].eval.ais_stepz``) and value; non-finite numbers (``.nan``, ``.inf``) are rejected anywhere.
 * ``overrides``: a list of ``{match: {method?, z_dim?, dataset?}, model?, train?, eval?}`` applied in order to every
@@ -24,7 +27,7 @@ import json
 import math
 import re
 from pathlib import Path
-from typing import Any, Iterable
+from typing import Any, Iterable, Sequence
 
 import yaml
 
@@ -57,16 +60,75 @@ def _duplicate_keys(node: yaml.Node, parts: list[str | int]) -> list[str]:
     return found
 
 
+def parse_yaml(text: str, source: str, parts: Sequence[str | int] = ()) -> Any:
+    """``text`` parsed as YAML, safely; a key written twice in one mapping is a ``ConfigError`` naming ``source``
+    (and the key path, below ``parts``)."""
+    try:
+        dupes = _duplicate_keys(yaml.compose(text, Loader=yaml.SafeLoader), list(parts))
+    except yaml.YAMLError as err:
+        raise ConfigError(f"{source} is not valid YAML: {err}") from None
+    if dupes:
+        raise ConfigError(f"{source}: key written twice (only one value can hold): " + "; ".join(dupes))
+    return yaml.safe_load(text)
+
+
 def read_yaml(path: str | Path) -> Any:
     """The YAML file ``path``, parsed safely; a key written twice in one mapping is a ``ConfigError``."""
-    text = Path(path).read_text()
-    try:
-        dupes = _duplicate_keys(yaml.compose(text, Loader=yaml.SafeLoader), [])
-    except yaml.YAMLError as err:
-        raise ConfigError(f"config file {path} is not valid YAML: {err}") from None
-    if dupes:
-        raise ConfigError(f"config file {path}: key written twice (only one value can hold): " + "; ".join(dupes))
-    return yaml.safe_load(text)
+    return parse_yaml(Path(path).read_text(), f"config file {path}")
+
+
+# ---------------------------------------------------------------------------------------------------- overriding
+def merge(base: Any, over: Any) -> Any:
+    """``over`` deep-merged onto ``base`` (a fresh copy): mappings key by key, recursively; any other value
+    (a number, a string, a list such as ``seeds`` or ``overrides``) replaces the one before. How a second
+    ``--configfile`` and ``--config`` apply to a preset."""
+    if not (isinstance(base, dict) and isinstance(over, dict)):
+        return copy.deepcopy(over)
+    out = copy.deepcopy(base)
+    for key, value in over.items():
+        out[key] = merge(out[key], value) if key in out else copy.deepcopy(value)
+    return out
+
+
+def split_assignment(entry: str, what: str) -> tuple[str, str]:
+    """``key=value`` -> (key, value); ``ConfigError`` naming ``what`` (the option) where there is no ``=``."""
+    key, sep, value = entry.partition("=")
+    if not sep or not key.strip():
+        raise ConfigError(f"{what} {entry!r}: expected KEY=VALUE")
+    return key.strip(), value
+
+
+def cli_config(entries: Sequence[str] | None) -> dict[str, Any]:
+    """Snakemake's ``--config KEY=VALUE ...`` entries with their values read as YAML, as a preset file's are
+    (``train={steps: 100}`` -> ``{"train": {"steps": 100}}``; an empty value is null). Snakemake's own parser
+    reads nested values as strings only; its key syntax (a name, no dots) is checked by Snakemake before."""
+    out: dict[str, Any] = {}
+    for entry in entries or ():
+        key, text = split_assignment(entry, "--config")
+        value = parse_yaml(text, f"--config {key}", [key]) if text.strip() else None
+        out = merge(out, {key: value})
+    return out
+
+
+def assign(cfg: dict[str, Any], entries: Sequence[str], sections: dict[str, str], source: str) -> dict[str, Any]:
+    """``cfg`` (a copy) with each ``SECTION.KEY=VALUE`` of ``entries`` set, the value read as YAML
+    (``train.steps=100``, ``model.arch=conv0``). ``sections`` maps each section one may set to its schema
+    definition (``{"train": "train"}``; the toy's ``{"train": "toy.train"}``); a key the schema does not declare
+    there, or a value it does not allow, is a ``ConfigError`` naming the key. Nothing else is filled in."""
+    out = copy.deepcopy(cfg)
+    for entry in entries:
+        key, text = split_assignment(entry, "setting")
+        sec, dot, name = key.partition(".")
+        if not dot or sec not in sections or not name or "." in name:
+            raise ConfigError(f"{source}: {key}: unknown key (give SECTION.KEY=VALUE with SECTION one of "
+                              f"{', '.join(sections)}, e.g. train.steps=100)")
+        known = _subschema(sections[sec]).get("properties", {})
+        if name not in known:
+            raise ConfigError(f"{source}: {key}: unknown key (allowed in {sec}: {', '.join(sorted(known))})")
+        value = parse_yaml(text, f"{source}: {key}", [sec, name]) if text.strip() else None
+        section(sections[sec], {name: value}, source)  # the value checked as the schema's; its defaults unused
+        out.setdefault(sec, {})[name] = value
+    return out
 
 
 def read_settings(path: str | Path) -> dict[str, Any]:
@@ -84,6 +146,17 @@ def read_settings(path: str | Path) -> dict[str, Any]:
 def load(path: str | Path) -> dict[str, Any]:
     """Read and validate the preset file ``path`` (defaults filled in)."""
     return validate(read_yaml(path) or {}, source=f"config file {path}")
+
+
+def load_merged(paths: Sequence[str | Path], cli: Sequence[str] = ()) -> dict[str, Any]:
+    """What the Snakefile validates for ``snakemake --configfile PATHS... --config CLI...``: the files deep-merged
+    in order (``merge``), then the ``--config`` entries (``cli_config``); validated, defaults filled in."""
+    cfg: dict[str, Any] = {}
+    for path in paths:
+        cfg = merge(cfg, read_yaml(path) or {})
+    given = " + ".join([*map(str, paths), *(["--config " + " ".join(cli)] if cli else [])])
+    return validate(merge(cfg, cli_config(cli)), source=f"config {given}" if len(paths) > 1 or cli
+                    else f"config file {paths[0]}")
 
 
 # ---------------------------------------------------------------------------------------------------- validation

@@ -4,7 +4,9 @@
   at iteration 0, every ``schools.kl_every`` iterations and at the last, ``schools.kl_samples`` posterior draws of
   the model, with a seed of their own inside ``torch.random.fork_rng``, so training's random streams, results and
   bit-identical resumption are untouched. They go to ``snapshots.npz`` in the run folder, rewritten atomically after
-  each snapshot; a resumed fit keeps the ones up to its checkpoint and retakes later ones.
+  each snapshot; a resumed fit keeps the ones up to its checkpoint and retakes later ones. A copy,
+  ``snapshots.kept.npz``, is no output of the pipeline: Snakemake deletes a job's outputs before it reruns it, so a
+  fit whose ``steps`` were raised (it continues from its checkpoint) finds its earlier snapshots there.
 * The curve (``curve``): per snapshot the kNN estimate of KL(q || p) (``avb.knn``, Wang, Kulkarni & Verdú 2009;
   k = ``metrics.kl_k``, ITE's default 3) against gold-standard HMC draws: the draws are split into
   ``metrics.kl_repeats`` disjoint sets of n = kl_samples / kl_repeats, each against n fresh gold draws; mean and
@@ -38,6 +40,7 @@ if TYPE_CHECKING:
     from .objectives import Method
 
 SNAPSHOT_FILE = "snapshots.npz"
+KEPT_FILE = "snapshots.kept.npz"  # the same draws, where Snakemake's rerun of the fit does not delete them
 CURVE_COLUMNS = ["method", "label", "iteration", "kl", "kl_se", "kl_gaussian", "kl_gaussian_se", "kl_noise_floor",
                  "kl_noise_floor_se", "n", "k", "repeats"]
 COLOURS = {"advi_meanfield": "C0", "advi_fullrank": "C1", "avb": "C2", "avb_ac": "C3"}  # the paper's figure
@@ -63,12 +66,14 @@ class Snapshots:
         self.due = set(snapshot_steps(run["train"]["steps"], snap["every"]))
         self.seed = 1_000_003 * (run["seed"] + 1)
         self.samples: dict[int, np.ndarray] = {}
-        if self.path.exists():
+        self.kept = self.path.with_name(KEPT_FILE)
+        found = next((p for p in (self.path, self.kept) if p.exists()), None)
+        if found is not None:
             try:
-                with np.load(self.path, allow_pickle=False) as d:
+                with np.load(found, allow_pickle=False) as d:
                     old_run, steps, samples = json.loads(str(d["run"])), d["steps"], d["samples"]
             except (OSError, ValueError, KeyError) as err:
-                print(f"[avb] {self.path} unreadable ({type(err).__name__}); snapshots are retaken", flush=True)
+                print(f"[avb] {found} unreadable ({type(err).__name__}); snapshots are retaken", flush=True)
             else:
                 if config_change(old_run, run) is None and old_run.get("snapshots") == snap:
                     self.samples = {int(s): x for s, x in zip(steps, samples) if int(s) in self.due}
@@ -94,9 +99,11 @@ class Snapshots:
 
     def write(self) -> None:
         steps = sorted(self.samples)
-        with io.atomic_path(self.path) as tmp, open(tmp, "wb") as f:
-            np.savez(f, steps=np.asarray(steps, dtype=np.int64), samples=np.stack([self.samples[s] for s in steps]),
-                     run=np.asarray(json.dumps(self.run, sort_keys=True)))
+        for path in (self.kept, self.path):
+            with io.atomic_path(path) as tmp, open(tmp, "wb") as f:
+                np.savez(f, steps=np.asarray(steps, dtype=np.int64),
+                         samples=np.stack([self.samples[s] for s in steps]),
+                         run=np.asarray(json.dumps(self.run, sort_keys=True)))
 
 
 def read_snapshots(path: str | Path) -> tuple[str, np.ndarray, np.ndarray]:

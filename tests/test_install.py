@@ -26,7 +26,8 @@ def constraints() -> dict[str, str]:
 
 
 def test_every_direct_dependency_is_pinned_exactly():
-    deps = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["dependencies"]
+    project = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
+    deps = [*project["dependencies"], *(d for extra in project.get("optional-dependencies", {}).values() for d in extra)]
     pins = constraints()
     for dep in deps:
         name = _norm(re.split(r"[<>=!~;\[ ]", dep, 1)[0])

@@ -83,6 +83,21 @@ def test_interrupted_fit_resumes_with_the_same_snapshots(tmp_path, monkeypatch):
         assert json.loads(str(np.load(f)["run"]))["snapshots"] == {"every": 10, "samples": 50}
 
 
+def test_raising_steps_continues_with_the_earlier_snapshots_though_snakemake_deleted_them(tmp_path):
+    """A fit of 20 steps (snapshots 0, 15, 20), its outputs deleted (as Snakemake does before rerunning the job whose
+    steps were raised), then 40 steps: it continues from the checkpoint and its snapshots are those 40 steps from
+    scratch take (0, 15, 30, 40), bit for bit; the 20-step run's last one (20) is not one of them."""
+    _fit(_run(steps=40, every=15), tmp_path / "ref", on_step=True)
+    _fit(_run(steps=20, every=15), tmp_path / "b", on_step=True)
+    assert K.read_snapshots(tmp_path / "b" / K.SNAPSHOT_FILE)[1].tolist() == [0, 15, 20]
+    for name in (K.SNAPSHOT_FILE, "model.pt", "train_metrics.csv"):
+        (tmp_path / "b" / name).unlink()
+    _fit(_run(steps=40, every=15), tmp_path / "b", on_step=True)
+    _, s_ref, d_ref = K.read_snapshots(tmp_path / "ref" / K.SNAPSHOT_FILE)
+    _, s_b, d_b = K.read_snapshots(tmp_path / "b" / K.SNAPSHOT_FILE)
+    assert s_ref.tolist() == s_b.tolist() == [0, 15, 30, 40] and np.array_equal(d_ref, d_b)
+
+
 def test_gaussian_kl_to_posterior_matches_the_closed_form():
     """For Gaussian draws and a Gaussian target the plug-in -H(q_hat) - E log p matches KL(q || p) within 4 standard
     errors plus the plug-in bias of the fitted Gaussian's entropy (|bias| < d (d + 3) / (4 N) = 0.0016 here)."""

@@ -36,7 +36,7 @@ def provenance() -> dict[str, str]:
 def discussion(summary: pd.DataFrame, cfg: dict[str, Any], pairs: pd.DataFrame | None = None) -> list[str]:
     """Bullets on how and why our MNIST numbers differ from the published ones, computed from ``summary``
     (one row per run, as written by ``avb.report.tables.write``) and the paired comparisons of :func:`paired`."""
-    model, train, ev = cfg["model"], cfg["train"], cfg["eval"]
+    model, train = cfg["model"], cfg["train"]
     reduced = model["adv_embed"] < 8192 or model["adv_hidden"] < 1024
     items = [
         f"Networks: `{model['arch']}` encoder/decoder, `{model['adv_arch']}` adversary"

@@ -39,8 +39,10 @@ def avb(args):
     `params: **AVB_PARAMS`). `exec` makes Python the job's process, so a SIGTERM from SLURM (its time limit,
     preemption) reaches it and it checkpoints before it exits, while Snakemake waits for it. No rule chains a command
     after it. (The doubled braces are Snakemake's escape for a literal brace.)"""
-    return ("export PYTHONPATH={params.avb_pythonpath:q}${{PYTHONPATH:+:$PYTHONPATH}} PATH={params.avb_bin:q}$PATH; "
-            f"exec python -m avb.cli {args}")
+    return (
+        "export PYTHONPATH={params.avb_pythonpath:q}${{PYTHONPATH:+:$PYTHONPATH}} PATH={params.avb_bin:q}$PATH; "
+        f"exec python -m avb.cli {args}"
+    )
 
 
 # Paths reach the shell quoted: {input:q}, {output:q}, {log:q}, {params.x:q}. Settings reach every job as a JSON

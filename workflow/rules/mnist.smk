@@ -4,6 +4,7 @@
 # MNIST_TARGETS. Its functions (what each job reads, resolved per run) are in common.smk.
 RUN = f"{OUT}/{avb_layout.RUN}"
 
+
 wildcard_constraints:
     dataset=choices("datasets"),
     method=choices("methods"),
@@ -12,8 +13,12 @@ wildcard_constraints:
 
 
 MNIST_TARGETS = [
-    f"{OUT}/summary.csv", f"{OUT}/summary.md", f"{OUT}/samples_and_curves.png", f"{OUT}/samples_and_curves.pdf",
-    f"{OUT}/table2.md", f"{OUT}/table2.tex",
+    f"{OUT}/summary.csv",
+    f"{OUT}/summary.md",
+    f"{OUT}/samples_and_curves.png",
+    f"{OUT}/samples_and_curves.pdf",
+    f"{OUT}/table2.md",
+    f"{OUT}/table2.tex",
     *([f"{OUT}/ais_convergence.png", f"{OUT}/ais_convergence.pdf"] if config["convergence"]["enabled"] else []),
     *(path for name in avb_layout.RUN_FIGURES for path in run_files(name)),
 ]
@@ -27,11 +32,10 @@ MNIST_TARGETS = [
 # the rerun (--rerun-incomplete, in both profiles) resumes from checkpoint.pt (not an output: Snakemake never
 # deletes it).
 
+
 rule run_config:
     output:
         f"{RUN}/config.json",
-    params:
-        run=train_config,
     log:
         f"{RUN}/logs/run_config.log",
     localrule: True
@@ -39,6 +43,8 @@ rule run_config:
     resources:
         mem_mb=mem_mb("settings"),
         runtime=runtime("settings"),
+    params:
+        run=train_config,
     run:
         write_json(params.run, output[0])
 
@@ -83,11 +89,10 @@ rule train:
 # eval.ais_steps reruns the evaluations, not the convergence study. Outputs are written atomically at the end, so a
 # killed job leaves nothing behind.
 
+
 rule eval_config:
     output:
         f"{RUN}/eval_config.json",
-    params:
-        settings=eval_config,
     log:
         f"{RUN}/logs/eval_config.log",
     localrule: True
@@ -95,6 +100,8 @@ rule eval_config:
     resources:
         mem_mb=mem_mb("settings"),
         runtime=runtime("settings"),
+    params:
+        settings=eval_config,
     run:
         write_json(params.settings, output[0])
 
@@ -112,10 +119,6 @@ rule evaluate:
             labels={"method": "{method}", "seed": "{seed}", "file": "eval_per_image.csv"},
         ),
         summary=f"{RUN}/eval.json",
-    params:
-        **AVB_PARAMS,
-        data=data_dir,
-        resolved=lambda w, input: run_config(w),  # for the report's caption (untracked: eval_config.json is)
     log:
         f"{RUN}/logs/evaluate.log",
     benchmark:
@@ -128,16 +131,20 @@ rule evaluate:
         runtime=runtime("evaluate"),
         gpu=gpus("evaluate", eval_device, rule="evaluate"),
         gpu_slots=gpu_slots("evaluate", eval_device),
+    params:
+        **AVB_PARAMS,
+        data=data_dir,
+        resolved=lambda w, input: run_config(w),  # for the report's caption (untracked: eval_config.json is)
     shell:
-        avb("evaluate {input.model:q} --config {input.settings:q} --data-dir={params.data:q} "
-            "--out-csv {output.per_image:q} --out-json {output.summary:q} --threads {threads} > {log:q} 2>&1")
+        avb(
+            "evaluate {input.model:q} --config {input.settings:q} --data-dir={params.data:q} "
+            "--out-csv {output.per_image:q} --out-json {output.summary:q} --threads {threads} > {log:q} 2>&1"
+        )
 
 
 rule convergence_config:
     output:
         f"{RUN}/convergence_config.json",
-    params:
-        settings=convergence_config,
     log:
         f"{RUN}/logs/convergence_config.log",
     localrule: True
@@ -145,6 +152,8 @@ rule convergence_config:
     resources:
         mem_mb=mem_mb("settings"),
         runtime=runtime("settings"),
+    params:
+        settings=convergence_config,
     run:
         write_json(params.settings, output[0])
 
@@ -156,9 +165,6 @@ rule ais_convergence:
         settings=f"{RUN}/convergence_config.json",
     output:
         f"{RUN}/ais_convergence.csv",
-    params:
-        **AVB_PARAMS,
-        data=data_dir,
     log:
         f"{RUN}/logs/ais_convergence.log",
     benchmark:
@@ -171,9 +177,14 @@ rule ais_convergence:
         runtime=runtime("evaluate"),
         gpu=gpus("evaluate", eval_device, rule="ais_convergence"),
         gpu_slots=gpu_slots("evaluate", eval_device),
+    params:
+        **AVB_PARAMS,
+        data=data_dir,
     shell:
-        avb("convergence {input.model:q} --config {input.settings:q} --data-dir={params.data:q} --out-csv {output:q} "
-            "--threads {threads} > {log:q} 2>&1")
+        avb(
+            "convergence {input.model:q} --config {input.settings:q} --data-dir={params.data:q} --out-csv {output:q} "
+            "--threads {threads} > {log:q} 2>&1"
+        )
 
 
 # --- report: the tidy summary over all runs, its Markdown table, the Table 2 replica (mean ± 95 % CI over seeds
@@ -183,11 +194,10 @@ rule ais_convergence:
 # (captions in workflow/report/). Its settings (the `report` section) are a tracked param, written to
 # report_config.json.
 
+
 rule report_config:
     output:
         f"{OUT}/report_config.json",
-    params:
-        settings=config["report"],
     log:
         f"{OUT}/logs/report_config.log",
     localrule: True
@@ -195,6 +205,8 @@ rule report_config:
     resources:
         mem_mb=mem_mb("settings"),
         runtime=runtime("settings"),
+    params:
+        settings=config["report"],
     run:
         write_json(params.settings, output[0])
 
@@ -207,23 +219,44 @@ rule report:
         metrics=run_files("train_metrics.csv"),
         convergence=run_files("ais_convergence.csv") if config["convergence"]["enabled"] else [],
     output:
-        csv=report(f"{OUT}/summary.csv", caption="../report/summary_csv.rst", category="3. Summary",
-                   labels={"file": "summary.csv", "content": "one row per run"}),
-        md=report(f"{OUT}/summary.md", caption="../report/summary_md.rst", category="3. Summary",
-                  labels={"file": "summary.md", "content": "Table 2"}),
-        png=report(f"{OUT}/samples_and_curves.png", caption="../report/samples_and_curves.rst",
-                   category="3. Summary", labels={"file": "samples_and_curves.png", "content": "figure"}),
+        csv=report(
+            f"{OUT}/summary.csv",
+            caption="../report/summary_csv.rst",
+            category="3. Summary",
+            labels={"file": "summary.csv", "content": "one row per run"},
+        ),
+        md=report(
+            f"{OUT}/summary.md",
+            caption="../report/summary_md.rst",
+            category="3. Summary",
+            labels={"file": "summary.md", "content": "Table 2"},
+        ),
+        png=report(
+            f"{OUT}/samples_and_curves.png",
+            caption="../report/samples_and_curves.rst",
+            category="3. Summary",
+            labels={"file": "samples_and_curves.png", "content": "figure"},
+        ),
         pdf=f"{OUT}/samples_and_curves.pdf",
         table2_csv=f"{OUT}/table2.csv",
-        table2_md=report(f"{OUT}/table2.md", caption="../report/table2.rst", category="3. Summary",
-                         labels={"file": "table2.md", "content": "Table 2 replica"}),
+        table2_md=report(
+            f"{OUT}/table2.md",
+            caption="../report/table2.rst",
+            category="3. Summary",
+            labels={"file": "table2.md", "content": "Table 2 replica"},
+        ),
         table2_tex=f"{OUT}/table2.tex",
-        convergence=report(f"{OUT}/ais_convergence.png", caption="../report/ais_convergence.rst",
-                           category="3. Summary", labels={"file": "ais_convergence.png", "content": "figure"})
-        if config["convergence"]["enabled"] else [],
+        convergence=(
+            report(
+                f"{OUT}/ais_convergence.png",
+                caption="../report/ais_convergence.rst",
+                category="3. Summary",
+                labels={"file": "ais_convergence.png", "content": "figure"},
+            )
+            if config["convergence"]["enabled"]
+            else []
+        ),
         convergence_pdf=f"{OUT}/ais_convergence.pdf" if config["convergence"]["enabled"] else [],
-    params:
-        **AVB_PARAMS,
     log:
         f"{OUT}/logs/report.log",
     benchmark:
@@ -234,12 +267,16 @@ rule report:
     resources:
         mem_mb=mem_mb("report"),
         runtime=runtime("report"),
+    params:
+        **AVB_PARAMS,
     shell:
-        avb("report --config {input.settings:q} --evals {input.evals:q} --models {input.models:q} "
+        avb(
+            "report --config {input.settings:q} --evals {input.evals:q} --models {input.models:q} "
             "--metrics {input.metrics:q} --out-csv {output.csv:q} --out-md {output.md:q} --out-png {output.png:q} "
             "--out-pdf {output.pdf:q} --table2 {output.table2_csv:q} {output.table2_md:q} {output.table2_tex:q} "
             "--convergence {input.convergence:q} --out-convergence {output.convergence:q} {output.convergence_pdf:q} "
-            "> {log:q} 2>&1")
+            "> {log:q} 2>&1"
+        )
 
 
 # Per run: the Figure 7 replica (64 training images beside the decoder's Bernoulli means at 64 prior draws) and 8
@@ -249,17 +286,22 @@ rule run_figures:
     input:
         f"{RUN}/model.pt",
     output:
-        fig7=report(f"{RUN}/fig7.png", caption="../report/fig7.rst", category="4. Figures",
-                    subcategory="{dataset}, z = {z_dim}",
-                    labels={"method": "{method}", "seed": "{seed}", "file": "fig7.png"}),
+        fig7=report(
+            f"{RUN}/fig7.png",
+            caption="../report/fig7.rst",
+            category="4. Figures",
+            subcategory="{dataset}, z = {z_dim}",
+            labels={"method": "{method}", "seed": "{seed}", "file": "fig7.png"},
+        ),
         fig7_pdf=f"{RUN}/fig7.pdf",
-        interp=report(f"{RUN}/interpolations.png", caption="../report/interpolations.rst", category="4. Figures",
-                      subcategory="{dataset}, z = {z_dim}",
-                      labels={"method": "{method}", "seed": "{seed}", "file": "interpolations.png"}),
+        interp=report(
+            f"{RUN}/interpolations.png",
+            caption="../report/interpolations.rst",
+            category="4. Figures",
+            subcategory="{dataset}, z = {z_dim}",
+            labels={"method": "{method}", "seed": "{seed}", "file": "interpolations.png"},
+        ),
         interp_pdf=f"{RUN}/interpolations.pdf",
-    params:
-        **AVB_PARAMS,
-        data=data_dir,
     log:
         f"{RUN}/logs/run_figures.log",
     benchmark:
@@ -270,7 +312,12 @@ rule run_figures:
     resources:
         mem_mb=mem_mb("report"),
         runtime=runtime("report"),
+    params:
+        **AVB_PARAMS,
+        data=data_dir,
     shell:
-        avb("figures {input:q} --out-fig7 {output.fig7:q} {output.fig7_pdf:q} "
+        avb(
+            "figures {input:q} --out-fig7 {output.fig7:q} {output.fig7_pdf:q} "
             "--out-interp {output.interp:q} {output.interp_pdf:q} --data-dir={params.data:q} --threads 1 "
-            "> {log:q} 2>&1")
+            "> {log:q} 2>&1"
+        )

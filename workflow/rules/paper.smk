@@ -9,11 +9,10 @@
 # results/<preset>/paper.json (the files written, with their sha256), written last: Snakemake deletes a failed
 # job's outputs, and this way that is only the stamp, so a failed render leaves the previous paper/ intact.
 
+
 rule paper_config:
     output:
         f"{OUT}/paper_config.json",
-    params:
-        config=config,
     log:
         f"{OUT}/logs/paper_config.log",
     localrule: True
@@ -21,6 +20,8 @@ rule paper_config:
     resources:
         mem_mb=mem_mb("settings"),
         runtime=runtime("settings"),
+    params:
+        config=config,
     run:
         write_json(params.config, output[0])
 
@@ -29,20 +30,20 @@ rule paper_config:
 # outdated.
 rule paper:
     input:
-        config=f"{OUT}/paper_config.json",
         **avb_layout.paper_inputs(config),
+        config=f"{OUT}/paper_config.json",
     output:
         f"{OUT}/paper.json",
-    params:
-        **AVB_PARAMS,
     log:
         f"{OUT}/logs/paper.log",
+    localrule: True
     conda:
         ENV
-    localrule: True
     threads: 1
     resources:
         mem_mb=mem_mb("paper"),
         runtime=runtime("paper"),
+    params:
+        **AVB_PARAMS,
     shell:
         avb("paper --config {input.config:q} --out paper --stamp {output:q} --latex > {log:q} 2>&1")

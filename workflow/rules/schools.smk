@@ -12,6 +12,7 @@ SCHOOLS_CFG = config["schools"]
 SCHOOLS_METHODS = SCHOOLS_CFG["methods"]
 SCHOOLS_TARGETS = avb_layout.schools_targets(config)
 
+
 wildcard_constraints:
     schools_method=choices("schools.methods"),
     schools_job="|".join(avb_jobs.schools_jobs()),
@@ -20,8 +21,6 @@ wildcard_constraints:
 rule schools_settings:
     output:
         f"{SCHOOLS}/settings/{{schools_job}}.json",
-    params:
-        settings=schools_job_config,
     log:
         f"{SCHOOLS}/logs/settings_{{schools_job}}.log",
     localrule: True
@@ -29,6 +28,8 @@ rule schools_settings:
     resources:
         mem_mb=mem_mb("settings"),
         runtime=runtime("settings"),
+    params:
+        settings=schools_job_config,
     run:
         write_json(params.settings, output[0])
 
@@ -39,8 +40,6 @@ rule schools_gold:
     output:
         npz=f"{SCHOOLS}/gold/draws.npz",
         json=f"{SCHOOLS}/gold/diagnostics.json",
-    params:
-        **AVB_PARAMS,
     log:
         f"{SCHOOLS}/logs/gold.log",
     benchmark:
@@ -51,9 +50,13 @@ rule schools_gold:
     resources:
         mem_mb=mem_mb("schools_gold"),
         runtime=runtime("schools_gold"),
+    params:
+        **AVB_PARAMS,
     shell:
-        avb("schools gold --config {input.settings:q} --out-npz {output.npz:q} --out-json {output.json:q} "
-        "--threads {threads} > {log:q} 2>&1")
+        avb(
+            "schools gold --config {input.settings:q} --out-npz {output.npz:q} --out-json {output.json:q} "
+            "--threads {threads} > {log:q} 2>&1"
+        )
 
 
 rule schools_fit:
@@ -65,9 +68,6 @@ rule schools_fit:
         model=f"{SCHOOLS}/{{schools_method}}/model.pt",
         metrics=f"{SCHOOLS}/{{schools_method}}/train_metrics.csv",
         snapshots=f"{SCHOOLS}/{{schools_method}}/snapshots.npz",
-    params:
-        **AVB_PARAMS,
-        out=run_dir,
     log:
         f"{SCHOOLS}/logs/fit_{{schools_method}}.log",
     benchmark:
@@ -80,9 +80,14 @@ rule schools_fit:
         runtime=runtime("schools_fit"),
         gpu=gpus("schools_fit", schools_device, rule="schools_fit"),
         gpu_slots=gpu_slots("schools_fit", schools_device),
+    params:
+        **AVB_PARAMS,
+        out=run_dir,
     shell:
-        avb("schools fit --method {wildcards.schools_method:q} --config {input.settings:q} --out {params.out:q} "
-        "--threads {threads} > {log:q} 2>&1")
+        avb(
+            "schools fit --method {wildcards.schools_method:q} --config {input.settings:q} --out {params.out:q} "
+            "--threads {threads} > {log:q} 2>&1"
+        )
 
 
 rule schools_kl:
@@ -92,12 +97,13 @@ rule schools_kl:
         snapshots=expand(f"{SCHOOLS}/{{schools_method}}/snapshots.npz", schools_method=SCHOOLS_METHODS),
     output:
         csv=f"{SCHOOLS}/kl_curve.csv",
-        png=report(f"{SCHOOLS}/kl_iterations.png", caption="../report/schools_kl.rst",
-                   category="6. Eight schools (Figure 3)",
-                   labels={"file": "kl_iterations.png", "content": "Figure 3 replica"}),
+        png=report(
+            f"{SCHOOLS}/kl_iterations.png",
+            caption="../report/schools_kl.rst",
+            category="6. Eight schools (Figure 3)",
+            labels={"file": "kl_iterations.png", "content": "Figure 3 replica"},
+        ),
         pdf=f"{SCHOOLS}/kl_iterations.pdf",
-    params:
-        **AVB_PARAMS,
     log:
         f"{SCHOOLS}/logs/kl.log",
     benchmark:
@@ -108,9 +114,13 @@ rule schools_kl:
     resources:
         mem_mb=mem_mb("schools_kl"),
         runtime=runtime("schools_kl"),
+    params:
+        **AVB_PARAMS,
     shell:
-        avb("schools kl --gold-npz {input.npz:q} --snapshots {input.snapshots:q} --config {input.settings:q} "
-        "--out-csv {output.csv:q} --out-png {output.png:q} --out-pdf {output.pdf:q} --threads {threads} > {log:q} 2>&1")
+        avb(
+            "schools kl --gold-npz {input.npz:q} --snapshots {input.snapshots:q} --config {input.settings:q} "
+            "--out-csv {output.csv:q} --out-png {output.png:q} --out-pdf {output.pdf:q} --threads {threads} > {log:q} 2>&1"
+        )
 
 
 rule schools_report:
@@ -127,8 +137,6 @@ rule schools_report:
         params=f"{SCHOOLS}/per_parameter.csv",
         png=f"{SCHOOLS}/mu_tau.png",
         pdf=f"{SCHOOLS}/mu_tau.pdf",
-    params:
-        **AVB_PARAMS,
     log:
         f"{SCHOOLS}/logs/report.log",
     conda:
@@ -137,7 +145,11 @@ rule schools_report:
     resources:
         mem_mb=mem_mb("schools_report"),
         runtime=runtime("schools_report"),
+    params:
+        **AVB_PARAMS,
     shell:
-        avb("schools report --gold-npz {input.npz:q} --gold-json {input.json:q} --fits {input.fits:q} "
-        "--config {input.settings:q} --out-csv {output.csv:q} --out-md {output.md:q} --out-params {output.params:q} "
-        "--out-fig {output.png:q} --kl-curve {input.kl:q} --threads {threads} > {log:q} 2>&1")
+        avb(
+            "schools report --gold-npz {input.npz:q} --gold-json {input.json:q} --fits {input.fits:q} "
+            "--config {input.settings:q} --out-csv {output.csv:q} --out-md {output.md:q} --out-params {output.params:q} "
+            "--out-fig {output.png:q} --kl-curve {input.kl:q} --threads {threads} > {log:q} 2>&1"
+        )

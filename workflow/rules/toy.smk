@@ -11,6 +11,7 @@ TOY_CFG = config["toy"]
 TOY_RUN = f"{TOY}/{{toy_method}}"
 TOY_TARGETS = avb_layout.toy_targets(config)
 
+
 wildcard_constraints:
     toy_method=choices("toy.methods"),
 
@@ -18,8 +19,6 @@ wildcard_constraints:
 rule toy_run_config:
     output:
         f"{TOY_RUN}/config.json",
-    params:
-        run=toy_run_config,
     log:
         f"{TOY_RUN}/logs/run_config.log",
     localrule: True
@@ -27,6 +26,8 @@ rule toy_run_config:
     resources:
         mem_mb=mem_mb("settings"),
         runtime=runtime("settings"),
+    params:
+        run=toy_run_config,
     run:
         write_json(params.run, output[0])
 
@@ -59,8 +60,6 @@ rule toy_train:
 rule toy_eval_config:
     output:
         f"{TOY_RUN}/eval_config.json",
-    params:
-        settings=TOY_CFG["eval"],
     log:
         f"{TOY_RUN}/logs/eval_config.log",
     localrule: True
@@ -68,6 +67,8 @@ rule toy_eval_config:
     resources:
         mem_mb=mem_mb("settings"),
         runtime=runtime("settings"),
+    params:
+        settings=TOY_CFG["eval"],
     run:
         write_json(params.settings, output[0])
 
@@ -79,8 +80,6 @@ rule toy_evaluate:
     output:
         summary=f"{TOY_RUN}/eval.json",
         arrays=f"{TOY_RUN}/eval.npz",
-    params:
-        **AVB_PARAMS,
     log:
         f"{TOY_RUN}/logs/evaluate.log",
     benchmark:
@@ -93,9 +92,13 @@ rule toy_evaluate:
         runtime=runtime("toy_evaluate"),
         gpu=gpus("toy_evaluate", toy_eval_device, rule="toy_evaluate"),
         gpu_slots=gpu_slots("toy_evaluate", toy_eval_device),
+    params:
+        **AVB_PARAMS,
     shell:
-        avb("toy evaluate {input.model:q} --config {input.settings:q} --out-json {output.summary:q} "
-        "--out-npz {output.arrays:q} --threads {threads} > {log:q} 2>&1")
+        avb(
+            "toy evaluate {input.model:q} --config {input.settings:q} --out-json {output.summary:q} "
+            "--out-npz {output.arrays:q} --threads {threads} > {log:q} 2>&1"
+        )
 
 
 rule toy_report:
@@ -108,11 +111,13 @@ rule toy_report:
         png=f"{TOY}/latent_space.png",
         pdf=f"{TOY}/latent_space.pdf",
         table1_csv=f"{TOY}/table1.csv",
-        table1_md=report(f"{TOY}/table1.md", caption="../report/toy_table1.rst", category="5. Toy (Table 1)",
-                         labels={"file": "table1.md", "content": "Table 1 replica"}),
+        table1_md=report(
+            f"{TOY}/table1.md",
+            caption="../report/toy_table1.rst",
+            category="5. Toy (Table 1)",
+            labels={"file": "table1.md", "content": "Table 1 replica"},
+        ),
         table1_tex=f"{TOY}/table1.tex",
-    params:
-        **AVB_PARAMS,
     log:
         f"{TOY}/logs/report.log",
     benchmark:
@@ -123,7 +128,11 @@ rule toy_report:
     resources:
         mem_mb=mem_mb("toy_report"),
         runtime=runtime("toy_report"),
+    params:
+        **AVB_PARAMS,
     shell:
-        avb("toy report --evals {input.evals:q} --npz {input.arrays:q} --out-csv {output.csv:q} --out-md {output.md:q} "
-        "--out-png {output.png:q} --out-pdf {output.pdf:q} "
-        "--out-table1 {output.table1_csv:q} {output.table1_md:q} {output.table1_tex:q} > {log:q} 2>&1")
+        avb(
+            "toy report --evals {input.evals:q} --npz {input.arrays:q} --out-csv {output.csv:q} --out-md {output.md:q} "
+            "--out-png {output.png:q} --out-pdf {output.pdf:q} "
+            "--out-table1 {output.table1_csv:q} {output.table1_md:q} {output.table1_tex:q} > {log:q} 2>&1"
+        )
