@@ -96,7 +96,8 @@ def paper_rows(smoke: bool) -> dict[str, dict[str, Any]]:
         if smoke:  # CPU test sizes: a narrow adversary and a tiny batch; the conv nets stay as they are
             run["model"].update({k: 16 for k in ("adv_hidden", "adv_embed") if k in run["model"]})
             run["train"]["batch_size"] = 2
-            ev = {**ev, "batch_size": 2, "ais_chains": 1, "leapfrog_steps": 1}
+            ev = {**ev, "batch_size": 2, "ais_chains": 1, "leapfrog_steps": 1, "ais_call_images": None,
+                  "ais_memory_mb": None}
         rows[m] = {"run": run, "eval": ev}
     return rows
 
@@ -444,6 +445,9 @@ def main(argv: list[str] | None = None) -> int:
                 if ph != phase:
                     continue
                 name = label(changes)
+                if phase == "compiled" and a.smoke:
+                    project[name] = {"changes": changes, "skipped": "smoke: no compilation"}
+                    continue
                 if phase == "compiled" and time.monotonic() - t_start > a.budget_s - COMPILE_RESERVE_S:
                     project[name] = {"changes": changes, "skipped": f"past the {a.budget_s:.0f} s budget"}
                     print(f"{m:7s} project {name}: skipped (budget)", flush=True)
