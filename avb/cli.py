@@ -29,6 +29,13 @@ def _threads(n: int | None) -> None:
         torch.set_num_threads(n)
 
 
+def _gpu_slot(device: str) -> None:
+    """With ``AVB_GPUS`` set, this job's own GPU (``avb.gpus.claim``: a device slot held until the process exits,
+    ``CUDA_VISIBLE_DEVICES`` set to it); taken before anything touches CUDA. Without it, nothing happens."""
+    from .gpus import claim
+    claim(device)
+
+
 def _settings(path: str | None) -> dict:
     """The JSON settings file ``path`` (as the pipeline's local rules write them), or {} where none is given."""
     if path is None:
@@ -97,11 +104,15 @@ def _toy(a: argparse.Namespace) -> str:
     """``avb toy train | evaluate | report``."""
     if a.toy_cmd == "train":
         from .train import train
-        return str(train(_run_config(a.run_config, a.settings, a.device, TOY_SECTIONS), a.out))
+        run = _run_config(a.run_config, a.settings, a.device, TOY_SECTIONS)
+        _gpu_slot(run["train"]["device"])
+        return str(train(run, a.out))
     if a.toy_cmd == "evaluate":
         from .config import section
         from .toy import evaluate, write_eval
-        summary, arrays = evaluate(a.model, section("toy.eval", _settings(a.config), f"toy eval settings {a.config or ''}"))
+        settings = section("toy.eval", _settings(a.config), f"toy eval settings {a.config or ''}")
+        _gpu_slot(settings["device"])
+        summary, arrays = evaluate(a.model, settings)
         write_eval(summary, arrays, a.out_json, a.out_npz)
         return json.dumps(summary, indent=2)
     if len(a.evals) != len(a.npz):
@@ -233,18 +244,29 @@ def main(argv: list[str] | None = None) -> int:
     c.add_argument("--rows", action="store_true", help="instead: one JSON object per line, one line per run of the "
                    "sweep, with its method, dataset, z_dim, seed and resolved model, train and eval sections")
 
+    pl = sub.add_parser("plan", help="expected GPU-hours of a preset's jobs, from measured or given throughput")
+    pl.add_argument("--configfile", required=True, help="the preset, e.g. config/paper.yaml")
+    pl.add_argument("--throughput", help="JSON file of benchmarks/gpu_throughput.py --out (rates per method)")
+    pl.add_argument("--img-per-s", type=float, help="training images per second, for every method (replaces the "
+                                                    "file's)")
+    pl.add_argument("--ais-evals-per-s", type=float, help="AIS latent-gradient evaluations per second, for every "
+                                                          "method (replaces the file's)")
+
     a = p.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="[%(name)s] %(message)s")
     try:
         if a.cmd == "train":
             from .train import train
             _threads(a.threads)
-            print(train(_run_config(a.run_config, a.settings, a.device, RUN_SECTIONS), a.out, data_dir=a.data_dir))
+            run = _run_config(a.run_config, a.settings, a.device, RUN_SECTIONS)
+            _gpu_slot(run["train"]["device"])
+            print(train(run, a.out, data_dir=a.data_dir))
         elif a.cmd == "evaluate":
             from .config import section
             from .evaluate import evaluate
             _threads(a.threads)
             settings = section("eval", _settings(a.config), f"evaluate settings {a.config or ''}")
+            _gpu_slot(settings["device"])
             s = evaluate(a.model, settings, a.out_csv, a.out_json, data_dir=a.data_dir)
             print(json.dumps(s, indent=2))
         elif a.cmd == "convergence":
@@ -257,6 +279,7 @@ def main(argv: list[str] | None = None) -> int:
                 raise ConfigError(f"{source}: unknown keys {sorted(extra)} (allowed: eval, steps, n_images)")
             ev = section("eval", given.get("eval", {}), source)
             conv = section("convergence", {k: given[k] for k in ("steps", "n_images") if k in given}, source)
+            _gpu_slot(ev["device"])
             print(ais_convergence(a.model, ev, conv["steps"], conv["n_images"], a.out_csv,
                                   data_dir=a.data_dir).to_string(index=False))
         elif a.cmd == "report":
@@ -286,6 +309,7 @@ def main(argv: list[str] | None = None) -> int:
             _threads(a.threads)
             settings = section("schools", _settings(a.config), f"schools settings {a.config or ''}")
             if a.schools_cmd == "fit":
+                _gpu_slot(settings["device"])
                 info = schools.fit_method(schools.run_config(settings, a.method), a.out)
                 print(json.dumps({k: v for k, v in info.items() if k != "run"}))
             elif a.schools_cmd == "gold":
@@ -327,6 +351,16 @@ def main(argv: list[str] | None = None) -> int:
             else:
                 changed = readme.update(a.readme, a.run_dir)
                 print(f"{a.readme}: results block {'rewritten' if changed else 'already up to date'} from {a.run_dir}")
+        elif a.cmd == "plan":
+            from . import plan
+            from .config import load
+            if a.throughput is None and a.img_per_s is None:
+                p.error("plan: give --throughput FILE (benchmarks/gpu_throughput.py --out) or --img-per-s N")
+            cfg = load(a.configfile)
+            rates = plan.read_rates(a.throughput) if a.throughput else None
+            rates = plan.with_given(rates, a.img_per_s, a.ais_evals_per_s, list(cfg["methods"]))
+            print(plan.render(plan.plan(cfg, rates), rates, f"avb plan: {a.configfile} (preset {cfg['preset']}), "
+                              f"GPU-hours per job, each alone on one GPU"))
         elif a.cmd == "check-config":
             from .config import load_merged, rows
             cfg = load_merged(a.config, a.cli_config)

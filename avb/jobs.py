@@ -6,7 +6,8 @@ and what each job asks of the scheduler.
   other experiments.
 * Data are identified by their content checksum (``DATASET_SHA256``, ``check_data``), never by the folder holding
   them.
-* ``JobResources``: a stage's ``resources`` entry, typed; ``uses_gpu``: whether a device may be a GPU.
+* ``JobResources``: a stage's ``resources`` entry, typed; ``uses_gpu``: whether a device may be a GPU;
+  ``gpu_request`` / ``gpu_slots``: a job's ``gpu`` and ``gpu_slots`` resources.
 
 Like ``avb.config``, this module imports no torch (the Snakefile imports it).
 """
@@ -172,3 +173,19 @@ class JobResources:
 def uses_gpu(device: str) -> bool:
     """Whether a job on ``device`` (auto, cpu, cuda, cuda:N) may run on a GPU."""
     return device == "auto" or device.startswith("cuda")
+
+
+def gpu_request(n: int, device: str, grouped: bool = False) -> int | str:
+    """The ``gpu`` resource of a job on ``device`` whose stage asks for ``n`` GPUs: n where the device may be a
+    GPU, else 0. In a job group (SLURM: ``--groups RULE=GROUP --group-components GROUP=K``, K jobs in one
+    allocation) a non-zero count is the string ``str(n)``: Snakemake sums a group's integer resources over the jobs
+    that run side by side but keeps a string (the same for all) as it is, so the group asks for the n GPUs of one
+    job and its K jobs share them, instead of asking for K x n."""
+    count = n if uses_gpu(device) else 0
+    return str(count) if grouped and count else count
+
+
+def gpu_slots(n: int, device: str) -> int:
+    """The ``gpu_slots`` resource of such a job: 1 where it holds a GPU, else 0. Locally ``--resources
+    gpu_slots=N`` runs N GPU jobs at once (K per GPU x the GPUs; ``avb.gpus`` gives each its device)."""
+    return 1 if n and uses_gpu(device) else 0

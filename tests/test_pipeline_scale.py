@@ -27,8 +27,8 @@ OFF = {"toy": {"enabled": False}, "schools": {"enabled": False}, "convergence": 
 TINY = {
     "preset": "scale", "methods": ["vae", "avb"], "z_dims": [2], "seeds": [0],
     "model": {"hidden": 32, "eps_dim": 4, "eps_nbasis": 2, "adv_hidden": 16, "adv_embed": 16, "adv_layers": 1},
-    # device auto + one GPU per job: on this CPU machine the jobs run on the CPU but still hold the `gpu` resource,
-    # so `--resources gpu=1` must run them one at a time.
+    # device auto + one GPU per job: on this CPU machine the jobs run on the CPU but still hold the `gpu` resource
+    # and one `gpu_slots`, so `--resources gpu_slots=1` (profiles/default's cap) must run them one at a time.
     "train": {"steps": 20, "batch_size": 32, "checkpoint_every": 10, "log_every": 5, "device": "auto"},
     "eval": {"n_test": 8, "batch_size": 8, "ais_steps": 3, "ais_chains": 2, "elbo_samples": 1, "device": "auto"},
     "report": {"n_samples": 4},
@@ -60,11 +60,11 @@ def jobs(text: str) -> list[dict]:
 
 @pytest.fixture(scope="module")
 def pipeline(tmp_path_factory):
-    """The tiny sweep run to completion with `--cores 2 --resources gpu=1`; returns (workdir, config, output)."""
+    """The tiny sweep run to completion with `--cores 2 --resources gpu_slots=1`; returns (workdir, config, output)."""
     work = tmp_path_factory.mktemp("scale")
     cfg = write_config(work / "scale.yaml", TINY)
     t0 = time.monotonic()
-    r = snakemake(work, "--cores", "2", "--resources", "gpu=1", "--configfile", str(cfg))
+    r = snakemake(work, "--cores", "2", "--resources", "gpu_slots=1", "--configfile", str(cfg))
     assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
     print(f"tiny pipeline: {time.monotonic() - t0:.0f} s")
     return work, cfg, r.stdout + r.stderr
@@ -79,7 +79,7 @@ def test_every_job_declares_resources_and_gpu_cap_serialises(pipeline):
         if j["rule"] != "all":
             assert "mem_mb" in j["res"] and "runtime" in j["res"], j
         if j["rule"] in ("train", "evaluate"):
-            assert j["res"]["gpu"] == "1" and j["res"]["mem_mb"] == "1000", j
+            assert j["res"]["gpu"] == "1" and j["res"]["gpu_slots"] == "1" and j["res"]["mem_mb"] == "1000", j
     # Replay the log: never more than one job holding the GPU at a time.
     gpu_jobs = {j["jobid"] for j in run if j["rule"] in ("train", "evaluate")}
     running, peak = set(), 0

@@ -130,6 +130,49 @@ def test_tiny_preset_through_slurm_profile_matches_local_run(cluster, tmp_path):
     assert again.returncode == 0 and "Nothing to be done" in dry, dry[-3000:]
 
 
+def grouped_profile(folder: Path, k: int) -> Path:
+    """A copy of profiles/slurm with its opt-in job-group block uncommented, K = ``k`` jobs per group."""
+    lines, out, on = (ROOT / "profiles/slurm/config.yaml").read_text().splitlines(), [], False
+    for line in lines:
+        if line.startswith(("# groups:", "# group-components:")):
+            on = True
+        elif not line.startswith("#   - "):
+            on = False
+        out.append(re.sub(r"=4$", f"={k}", line[2:]) if on else line)
+    folder.mkdir()
+    (folder / "config.yaml").write_text("\n".join(out) + "\n")
+    return folder
+
+
+@pytest.mark.slow
+def test_k_runs_share_one_slurm_allocation_through_job_groups(cluster, tmp_path):
+    """profiles/slurm's job-group block (issue 15 item 5), K = 2: the training jobs of two runs go to SLURM as one
+    job, and so do their evaluations; the runs finish as they would alone."""
+    work = tmp_path / "work"
+    work.mkdir()
+    (work / "tiny.yaml").write_text(yaml.safe_dump({**TINY, "seeds": [0, 1]}))
+    profile = grouped_profile(tmp_path / "profile", 2)
+    assert "gpu_train=2" in (profile / "config.yaml").read_text()
+    p = snakemake(work, "--workflow-profile", str(profile), "--configfile", "tiny.yaml",
+                  "--slurm-init-seconds-before-status-checks", "2", "--slurm-keep-successful-logs")
+    out = finish(p, work, timeout=420)
+    assert p.returncode == 0, out[-5000:]
+    submitted = re.findall(r"Job (\S+) has been submitted with SLURM jobid (\d+) \(log: (\S+)\)\.", out)
+    by_dir: dict[str, list[str]] = {}
+    for _, jid, log in submitted:
+        top = Path(log).relative_to(work / ".snakemake/slurm_logs").parts[0]
+        by_dir.setdefault(top, []).append(Path(log).read_text())
+    # one SLURM job per group of two runs, one per run for the ungrouped per-run figures, one report
+    assert {d: len(t) for d, t in by_dir.items()} == {"group_gpu_train": 1, "group_gpu_eval": 1,
+                                                      "rule_run_figures": 2, "rule_report": 1}, out[-5000:]
+    for group, rule in (("group_gpu_train", "train"), ("group_gpu_eval", "evaluate")):
+        text = by_dir[group][0]
+        assert text.count(f"rule {rule}:") == 2, text[-3000:]                # both runs' jobs in the one job
+        assert "seed=0" in text and "seed=1" in text, text[-3000:]
+    summary = pd.read_csv(work / "results/slurm/summary.csv")
+    assert sorted(summary["seed"]) == [0, 1]
+
+
 class _Resources(dict):
     """A job's resources as the plugin reads them: .get() and attribute access."""
 

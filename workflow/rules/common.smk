@@ -54,10 +54,10 @@ def run_dir(wildcards, output):
 
 
 # Resources: the config's `resources` section, one entry per stage (defaults in the schema, sizes per preset in
-# config/*.yaml). They are what a job asks of the scheduler: locally `--cores` / `--resources gpu=N mem_mb=M` cap
-# concurrency, on SLURM they become --mem, --time, --cpus-per-task and --gpus. A retried job (--retries) asks for
-# attempt x mem_mb and attempt x runtime; training resumes from its last checkpoint, so a job killed at its time
-# limit loses little.
+# config/*.yaml). They are what a job asks of the scheduler: locally `--cores` / `--resources gpu_slots=N mem_mb=M`
+# cap concurrency (gpu_slots: N GPU jobs at once), on SLURM they become --mem, --time, --cpus-per-task and --gpus. A
+# retried job (--retries) asks for attempt x mem_mb and attempt x runtime; training resumes from its last
+# checkpoint, so a job killed at its time limit loses little.
 def mem_mb(stage):
     return lambda wildcards, attempt: avb_jobs.JobResources.of(config, stage).mem_mb * attempt
 
@@ -66,11 +66,22 @@ def runtime(stage):
     return lambda wildcards, attempt: avb_jobs.JobResources.of(config, stage).runtime * attempt
 
 
-def gpus(stage, device):
-    """GPUs per job of `stage`: the configured count where the job's device (a function of the wildcards) may be
-    a GPU (cuda, auto), else 0: a CPU run never waits for, or asks SLURM for, a GPU."""
+def gpus(stage, device, rule=None):
+    """GPUs per job of `stage` (avb.jobs.gpu_request): the configured count where the job's device (a function of
+    the wildcards) may be a GPU (cuda, auto), else 0: a CPU run never waits for, or asks SLURM for, a GPU. Where
+    `rule` is put in a job group (--groups RULE=GROUP --group-components GROUP=K, profiles/slurm), a string, so
+    that the group asks for one job's GPUs, which its K jobs share."""
     n = avb_jobs.JobResources.of(config, stage).gpu
-    return lambda wildcards: n if avb_jobs.uses_gpu(device(wildcards)) else 0
+    grouped = rule is not None and rule in workflow.group_settings.overwrite_groups
+    return lambda wildcards: avb_jobs.gpu_request(n, device(wildcards), grouped)
+
+
+def gpu_slots(stage, device):
+    """GPU slots per job of `stage` (avb.jobs.gpu_slots): 1 where the job holds a GPU, else 0. The local cap:
+    profiles/default allows gpu_slots=1 at once; --resources gpu_slots=N runs N GPU jobs at once (K per GPU x the
+    GPUs; with AVB_GPUS each job takes its own device, avb/gpus.py)."""
+    n = avb_jobs.JobResources.of(config, stage).gpu
+    return lambda wildcards: avb_jobs.gpu_slots(n, device(wildcards))
 
 
 def choices(name):

@@ -71,7 +71,8 @@ rule train:
     resources:
         mem_mb=mem_mb("train"),
         runtime=runtime("train"),
-        gpu=gpus("train", train_device),
+        gpu=gpus("train", train_device, rule="train"),
+        gpu_slots=gpu_slots("train", train_device),
     params:
         **AVB_PARAMS,
         data=data_dir,
@@ -128,7 +129,8 @@ rule evaluate:
     resources:
         mem_mb=mem_mb("evaluate"),
         runtime=runtime("evaluate"),
-        gpu=gpus("evaluate", eval_device),
+        gpu=gpus("evaluate", eval_device, rule="evaluate"),
+        gpu_slots=gpu_slots("evaluate", eval_device),
     params:
         **AVB_PARAMS,
         data=data_dir,
@@ -173,7 +175,8 @@ rule ais_convergence:
     resources:
         mem_mb=mem_mb("evaluate"),
         runtime=runtime("evaluate"),
-        gpu=gpus("evaluate", eval_device),
+        gpu=gpus("evaluate", eval_device, rule="ais_convergence"),
+        gpu_slots=gpu_slots("evaluate", eval_device),
     params:
         **AVB_PARAMS,
         data=data_dir,

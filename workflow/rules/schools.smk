@@ -78,7 +78,8 @@ rule schools_fit:
     resources:
         mem_mb=mem_mb("schools_fit"),
         runtime=runtime("schools_fit"),
-        gpu=gpus("schools_fit", schools_device),
+        gpu=gpus("schools_fit", schools_device, rule="schools_fit"),
+        gpu_slots=gpu_slots("schools_fit", schools_device),
     params:
         **AVB_PARAMS,
         out=run_dir,

@@ -48,7 +48,8 @@ rule toy_train:
     resources:
         mem_mb=mem_mb("toy_train"),
         runtime=runtime("toy_train"),
-        gpu=gpus("toy_train", toy_train_device),
+        gpu=gpus("toy_train", toy_train_device, rule="toy_train"),
+        gpu_slots=gpu_slots("toy_train", toy_train_device),
     params:
         **AVB_PARAMS,
         out=run_dir,
@@ -89,7 +90,8 @@ rule toy_evaluate:
     resources:
         mem_mb=mem_mb("toy_evaluate"),
         runtime=runtime("toy_evaluate"),
-        gpu=gpus("toy_evaluate", toy_eval_device),
+        gpu=gpus("toy_evaluate", toy_eval_device, rule="toy_evaluate"),
+        gpu_slots=gpu_slots("toy_evaluate", toy_eval_device),
     params:
         **AVB_PARAMS,
     shell:
