@@ -1,14 +1,13 @@
 """Watching a run while it trains: the metric CSV files, TensorBoard and validation (config ``monitor``; off by
 default, when it writes nothing beyond train_metrics.csv and changes no output).
 
-* CSV files (``train_metrics.csv``, and ``val_metrics.csv`` with validation): each row is **appended** as soon as it
-  exists (every ``log_every`` steps), as one whole line in one ``os.write`` on a descriptor opened with ``O_APPEND``,
-  so that a reader of the growing file sees whole rows only (the file always ends with a line break); a failed
-  write (full disk) is cut back to the last whole row and raises ``io.WriteFailed``. Appends are not fsynced: the
-  durable copy is the checkpoint's, whose rows ``avb.train`` writes atomically (``write_rows``: temporary file,
-  fsync, rename) with every checkpoint and at the start of every run, which drops the rows a killed run appended
-  after its last checkpoint. So the file is at every moment a prefix of the uninterrupted run's file, and at the
-  end equal to it byte for byte.
+* CSV files (``train_metrics.csv``, and ``val_metrics.csv`` with validation, ``CsvLog``): each row is added as
+  soon as it exists (every ``log_every`` steps) by **write-temp-and-replace**: the whole file, kept in memory, is
+  written to a temporary file that is renamed over it, so a reader sees the file before or after the row, never
+  part of it (the file always ends with a line break). These replacements are not fsynced; the durable copy is the
+  checkpoint's, whose rows ``avb.train`` writes with fsync (``write_rows``) at every checkpoint and at the start
+  of every run, which drops the rows a killed run added after its last checkpoint. So the file is at every moment
+  a prefix of the uninterrupted run's file, and at the end equal to it byte for byte.
 * TensorBoard (``monitor.tensorboard``): event files in ``<run>/tensorboard/`` with every train_metrics.csv column
   as ``train/<column>`` at each row, the validation numbers as ``val/<column>``, and a grid of the decoder's
   Bernoulli means at 64 fixed prior draws (``samples``) every ``sample_every`` steps and at the end. A resumed run
@@ -49,34 +48,52 @@ def _lines(rows: Iterable[Mapping[str, Any]], fields: list[str], header: bool) -
 def write_rows(rows: Iterable[Mapping[str, Any]], path: str | os.PathLike, fields: list[str]) -> None:
     """The CSV file ``path`` (header ``fields``, then ``rows``) written atomically: temporary file, fsync, rename."""
     with io.atomic_path(path) as tmp:
-        tmp.write_bytes(_lines(rows, fields, header=True).encode())
+        _write(tmp, _lines(rows, fields, header=True).encode())
 
 
-def append_row(row: Mapping[str, Any], path: str | os.PathLike, fields: list[str]) -> None:
-    """Append ``row`` to the CSV file ``path`` as one whole line in one write (``O_APPEND``): a reader never sees
-    part of it. A write that fails, or writes only part of the line, is cut back to the file's previous end and
-    raises ``io.WriteFailed`` naming the file and the free space."""
-    line = _lines([row], fields, header=False).encode()
-    fd = os.open(path, os.O_WRONLY | os.O_APPEND)
-    try:
-        size = os.fstat(fd).st_size
+def _write(path: Path, data: bytes) -> None:
+    with open(path, "wb") as f:
+        f.write(data)
+
+
+class CsvLog:
+    """A CSV file that grows by whole rows: each change replaces it atomically (a temporary file renamed over it),
+    so that a reader sees the file before or after a row, never part of one.
+
+    (Appending a line in one ``write`` is not enough: on ext4 a reader polling the file saw a line cut at a 4 KiB
+    page boundary, tests/test_monitor.py.) The file's bytes are kept in memory, so a row costs one write of the
+    file, no formatting of the rows before it. The replacements are not fsynced (``durable`` rewrites are): the
+    durable copy is the checkpoint's, which ``avb.train`` writes with every checkpoint and at every start.
+    """
+
+    def __init__(self, path: str | os.PathLike, fields: list[str]):
+        self.path, self.fields = Path(path), fields
+        self._data = bytearray()
+
+    def rewrite(self, rows: Iterable[Mapping[str, Any]]) -> None:
+        """The file with the header and ``rows`` only, written durably (fsync)."""
+        data = _lines(rows, self.fields, header=True).encode()
+        with io.atomic_path(self.path) as tmp:
+            _write(tmp, data)
+        self._data = bytearray(data)
+
+    def append(self, row: Mapping[str, Any]) -> None:
+        """The file with ``row`` added (a failed write, e.g. a full disk, keeps the previous file and raises
+        ``io.WriteFailed`` naming it)."""
+        size = len(self._data)
+        self._data += _lines([row], self.fields, header=False).encode()
         try:
-            written = os.write(fd, line)
-            if written != len(line):
-                raise OSError(28, f"only {written} of {len(line)} bytes written")
-        except OSError as err:
-            os.ftruncate(fd, size)
-            raise io.WriteFailed(err.errno or 5, f"could not append to {path}: {err.strerror or err}; "
-                                 f"{io.free_space(Path(path).parent)} free on its file system (its rows up to the "
-                                 f"last one are kept)") from err
-    finally:
-        os.close(fd)
+            with io.atomic_path(self.path, sync=False) as tmp:
+                _write(tmp, self._data)
+        except BaseException:
+            del self._data[size:]
+            raise
 
 
 def read_rows(path: str | os.PathLike) -> list[dict[str, str]]:
-    """The whole rows of a CSV file written by ``write_rows`` / ``append_row`` (a trailing partial line, which a
-    writer never leaves, is ignored)."""
-    text = Path(path).read_text(newline="")
+    """The rows of a CSV file as ``csv.DictReader`` gives them (a trailing partial line, which no writer here
+    leaves, is ignored)."""
+    text = Path(path).read_bytes().decode()
     if not text.endswith("\n"):
         text = text[:text.rfind("\n") + 1]
     return list(csv.DictReader(_io.StringIO(text, newline="")))
@@ -139,8 +156,9 @@ class Monitor:
         self.validator = None
         self.val_rows: list[dict[str, float]] = []
         if settings and settings["val_every"] > 0:
-            from .validate import Validator
+            from .validate import VAL_FIELDS, Validator
             self.validator = Validator(run, settings, self.out, data_dir)
+            self.val_log = CsvLog(self.out / VAL_CSV, VAL_FIELDS)
 
     @classmethod
     def for_run(cls, run: dict[str, Any], out: str | os.PathLike,
@@ -148,18 +166,13 @@ class Monitor:
         """The monitor the run config ``run`` asks for (its ``monitor`` section; images runs only)."""
         return cls(run, out, settings_of(run), data_dir)
 
-    @property
-    def val_csv(self) -> Path:
-        return self.out / VAL_CSV
-
     def begin(self, step: int, state: dict[str, Any] | None) -> None:
         """At the start of a run at ``step`` (0, or the checkpoint's), with the checkpoint's ``state_dict`` (None
         from step 0): val_metrics.csv rewritten from the checkpoint's rows, model.best.pt kept or removed, the
         TensorBoard writer opened (purging the events after ``step``)."""
         if self.validator is not None:
             self.val_rows = [dict(r) for r in (state or {}).get("val_rows", [])] if step > 0 else []
-            from .validate import VAL_FIELDS
-            write_rows(self.val_rows, self.val_csv, VAL_FIELDS)
+            self.val_log.rewrite(self.val_rows)
             self.validator.resume(step)
         if self.settings and self.settings["tensorboard"]:
             self.tb = TensorBoard(self.out, purge_step=step if step > 0 else None)
@@ -178,10 +191,9 @@ class Monitor:
             self.tb.samples(model, step, self.settings["seed"])
 
     def _validate(self, model: torch.nn.Module, step: int, final: bool) -> None:
-        from .validate import VAL_FIELDS
         row = self.validator(model, step, final)
         self.val_rows.append(row)
-        append_row(row, self.val_csv, VAL_FIELDS)
+        self.val_log.append(row)
         if self.tb is not None:
             self.tb.scalars("val", row, step)
         best = "" if self.validator.best is None else f" (best {self.validator.best:.2f})"

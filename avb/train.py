@@ -14,9 +14,10 @@ A run always finishes and never runs a stranger's code:
   ``train.steps``: raising ``train.steps`` continues the run (20 + 20 steps = 40 steps); any other change restarts
   (the log says which keys changed). A checkpoint already at ``train.steps`` (a kill while model.pt was written,
   ``snakemake -F``) rewrites model.pt and train_metrics.csv from it.
-* Every ``log_every`` steps a row of metrics (means over those steps) is appended to ``train_metrics.csv`` as one
-  whole line (``avb.monitor``: a reader never sees part of a row); each checkpoint rewrites the file atomically, and
-  each start rewrites it from the checkpoint it resumes (dropping the rows appended after it). Monitoring
+* Every ``log_every`` steps a row of metrics (means over those steps) is added to ``train_metrics.csv`` by an
+  atomic replacement of the file (``avb.monitor.CsvLog``: a reader never sees part of a row); each checkpoint
+  rewrites it with fsync, and each start rewrites it from the checkpoint it resumes (dropping the rows added after
+  it). Monitoring
   (``monitor`` in the run config: TensorBoard, validation with a best-validation ``model.best.pt``) changes nothing
   of the training and never restarts a run.
 * A corrupt checkpoint.pt is moved to ``checkpoint.corrupt.pt`` and ``checkpoint.prev.pt`` is used (logged); stale
@@ -44,7 +45,7 @@ from tqdm.auto import tqdm
 
 from . import io
 from .experiments import batches as make_batches, build
-from .monitor import Monitor, append_row, write_rows
+from .monitor import CsvLog, Monitor, write_rows
 from .objectives import Method, Step
 
 log = logging.getLogger("avb.train")
@@ -246,7 +247,7 @@ def fit(model: Method, batches: BatchSource, data_gen: torch.Generator, run: dic
     Seed the global RNG before building ``model``. Writes ``model.pt`` and ``train_metrics.csv``; returns model.pt.
     ``on_step(step)``, if given, is called after each iteration with the number done, before that iteration's
     checkpoint is written (eight schools: posterior snapshots); it must leave the model and the RNG states as it
-    found them. Each metrics row is appended to train_metrics.csv as it is made (``avb.monitor``); ``monitor``
+    found them. Each metrics row is added to train_metrics.csv as it is made (``avb.monitor.CsvLog``); ``monitor``
     (TensorBoard, validation: ``Monitor.for_run``) gets each row and a call after each iteration.
     """
     out = Path(out_dir)
@@ -304,9 +305,10 @@ def _fit(model: Method, batches: BatchSource, data_gen: torch.Generator, run: di
                   f" to {n_steps})" if ck["run"]["train"]["steps"] != n_steps else ""), flush=True)
             tail = None
     good_step = step  # the step of the last good checkpoint on disk (0: none)
-    # the metrics file as of the checkpoint (rows a killed run appended after it dropped), then one row appended at
-    # a time; the monitor's files likewise
-    write_rows(rows + ([tail] if tail else []), metrics_path, METRIC_FIELDS)
+    # the metrics file as of the checkpoint (rows a killed run added after it dropped), then one row added at a
+    # time (each a whole-file atomic replacement); the monitor's files likewise
+    metrics_log = CsvLog(metrics_path, METRIC_FIELDS)
+    metrics_log.rewrite(rows + ([tail] if tail else []))
     mon.begin(step, ck.get("monitor") if ck is not None else None)
 
     def save_checkpoint() -> None:
@@ -360,7 +362,7 @@ def _fit(model: Method, batches: BatchSource, data_gen: torch.Generator, run: di
                 acc, n_acc, t_last, n_timed = {}, 0, now, 0
             else:
                 tail = row
-            append_row(row, metrics_path, METRIC_FIELDS)
+            metrics_log.append(row)
             mon.log(row)
             bar.set_postfix(elbo=f"{row['elbo']:.1f}")
         if on_step is not None:
@@ -381,7 +383,7 @@ def _fit(model: Method, batches: BatchSource, data_gen: torch.Generator, run: di
 
 
 def write_metrics(rows: list[dict[str, float]], path: Path) -> None:
-    """train_metrics.csv with ``rows``, atomically (at every checkpoint: the durable copy of the appended rows)."""
+    """train_metrics.csv with ``rows``, atomically and fsynced (at every checkpoint: the durable copy of the rows)."""
     write_rows(rows, path, METRIC_FIELDS)
 
 
