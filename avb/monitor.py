@@ -70,11 +70,16 @@ class CsvLog:
         self.path, self.fields = Path(path), fields
         self._data = bytearray()
 
-    def rewrite(self, rows: Iterable[Mapping[str, Any]]) -> None:
-        """The file with the header and ``rows`` only, written durably (fsync)."""
+    def begin(self, rows: list[Mapping[str, Any]], resumed: bool) -> None:
+        """At the start of a run: a resumed run's file rewritten durably (fsync) with the checkpoint's ``rows``; a
+        run from step 0 removes the file of an earlier run, and its file appears with its first row (a run that
+        stops before it, e.g. diverged at step 1, leaves none)."""
         data = _lines(rows, self.fields, header=True).encode()
-        with io.atomic_path(self.path) as tmp:
-            _write(tmp, data)
+        if resumed:
+            with io.atomic_path(self.path) as tmp:
+                _write(tmp, data)
+        else:
+            self.path.unlink(missing_ok=True)
         self._data = bytearray(data)
 
     def append(self, row: Mapping[str, Any]) -> None:
@@ -172,7 +177,7 @@ class Monitor:
         TensorBoard writer opened (purging the events after ``step``)."""
         if self.validator is not None:
             self.val_rows = [dict(r) for r in (state or {}).get("val_rows", [])] if step > 0 else []
-            self.val_log.rewrite(self.val_rows)
+            self.val_log.begin(self.val_rows, resumed=step > 0)
             self.validator.resume(step)
         if self.settings and self.settings["tensorboard"]:
             self.tb = TensorBoard(self.out, purge_step=step if step > 0 else None)

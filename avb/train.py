@@ -308,7 +308,7 @@ def _fit(model: Method, batches: BatchSource, data_gen: torch.Generator, run: di
     # the metrics file as of the checkpoint (rows a killed run added after it dropped), then one row added at a
     # time (each a whole-file atomic replacement); the monitor's files likewise
     metrics_log = CsvLog(metrics_path, METRIC_FIELDS)
-    metrics_log.rewrite(rows + ([tail] if tail else []))
+    metrics_log.begin(rows + ([tail] if tail else []), resumed=step > 0)
     mon.begin(step, ck.get("monitor") if ck is not None else None)
 
     def save_checkpoint() -> None:

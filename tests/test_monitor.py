@@ -56,11 +56,14 @@ def test_train_metrics_rows_appear_every_log_every(tmp_path):
     seen = {}
 
     def look(step):
-        seen[step] = [int(r["step"]) for r in monitor.read_rows(out / "train_metrics.csv")]
+        path = out / "train_metrics.csv"
+        seen[step] = [int(r["step"]) for r in monitor.read_rows(path)] if path.exists() else None
 
     model, batches, gen = tr.setup(run)
     tr.fit(model, batches, gen, run, out, progress=False, on_step=look)
-    assert seen[1] == [] and seen[2] == [] and seen[3] == [3] and seen[5] == [3] and seen[6] == [3, 6]
+    assert seen[1] is None and seen[2] is None and seen[3] == [3]  # the file appears with its first row
+    assert seen[4] == [3]
+    assert seen[5] == [3] and seen[6] == [3, 6]
     assert seen[10] == [3, 6, 9] and seen[11] == [3, 6, 9, 11]  # the run's last step: its (partial) row too
     assert list(table(out / "train_metrics.csv").step) == [3, 6, 9, 11]
 
@@ -90,7 +93,7 @@ def test_a_reader_never_sees_a_partial_row(tmp_path):
 
     path, stop, fields = tmp_path / "m.csv", tmp_path / "stop", tr.METRIC_FIELDS
     log = monitor.CsvLog(path, fields)
-    log.rewrite([])
+    log.begin([], resumed=True)
     (tmp_path / "reader.py").write_text(READER)
     reader = subprocess.Popen([sys.executable, str(tmp_path / "reader.py"), str(path), str(stop), str(len(fields))],
                               stdout=subprocess.PIPE, text=True)
@@ -112,7 +115,7 @@ def test_a_reader_never_sees_a_partial_row(tmp_path):
 def test_a_failed_append_keeps_the_previous_file_and_names_it(tmp_path, monkeypatch):
     path, fields = tmp_path / "train_metrics.csv", tr.METRIC_FIELDS
     log = monitor.CsvLog(path, fields)
-    log.rewrite([{k: 1 for k in fields}])
+    log.begin([{k: 1 for k in fields}], resumed=True)
     before = path.read_bytes()
     real_write = monitor._write
 
