@@ -130,6 +130,10 @@ def main(argv: list[str] | None = None) -> int:
     f.add_argument("--out-fig7", nargs=2, metavar=("PNG", "PDF"), required=True)
     f.add_argument("--out-interp", nargs=2, metavar=("PNG", "PDF"), required=True)
     f.add_argument("--seed", type=int, default=0, help="prior draws; training images seed + 1; test images seed + 2")
+    f.add_argument("--metrics", help="train_metrics.csv of the run (for --out-curves)")
+    f.add_argument("--val-metrics", nargs="?", help="val_metrics.csv of the run (validation on; for --out-curves)")
+    f.add_argument("--out-curves", nargs=2, metavar=("PNG", "PDF"),
+                   help="the training and validation curves (needs --metrics)")
 
     s = sub.add_parser("schools", help="eight schools: gold-standard HMC, ADVI / AVB fits, Figure 3, report")
     ss = s.add_subparsers(dest="schools_cmd", required=True)
@@ -250,8 +254,16 @@ def main(argv: list[str] | None = None) -> int:
         elif a.cmd == "figures":
             from .report import figures
             _threads(a.threads)
+            if a.out_curves and not a.metrics:
+                p.error("figures: --out-curves needs --metrics")
             figures.run_figures(a.model, a.out_fig7, a.out_interp, a.seed, data_dir=a.data_dir)
-            print(f"wrote {' '.join(a.out_fig7 + a.out_interp)}")
+            if a.out_curves:
+                from . import io
+                from .report.curves import training_curves
+                run = io.load_torch(a.model, "cpu", ("run",))["run"]
+                training_curves(a.metrics, *a.out_curves, val_csv=a.val_metrics or None,
+                                title=f"{figures.run_label(run)}, {run['dataset']}")
+            print(f"wrote {' '.join(a.out_fig7 + a.out_interp + (a.out_curves or []))}")
         elif a.cmd == "schools":
             from . import schools
             from .config import section

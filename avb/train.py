@@ -367,7 +367,7 @@ def _fit(model: Method, batches: BatchSource, data_gen: torch.Generator, run: di
             bar.set_postfix(elbo=f"{row['elbo']:.1f}")
         if on_step is not None:
             on_step(step)
-        mon.after_step(model, step, n_steps)
+        t_last += mon.after_step(model, step, n_steps)  # its seconds: not training time (images_per_s)
         if step % tr["checkpoint_every"] == 0 or step == n_steps or got_signal:
             save_checkpoint()
             good_step = step

@@ -11,6 +11,7 @@ from pathlib import Path
 import pandas as pd
 import pytest
 import torch
+import yaml
 
 from avb import config, io, jobs, monitor, validate
 from avb import train as tr
@@ -304,3 +305,68 @@ def test_tensorboard_skips_the_nan_columns_of_a_vae(tmp_path):
     scalars = set(acc.Tags()["scalars"])
     assert "train/elbo" in scalars and "train/loss_adversary" not in scalars and "train/adv_accuracy" not in scalars
     assert not (out / "val_metrics.csv").exists() and not (out / "model.best.pt").exists()
+
+
+# ------------------------------------------------------------------------------------ figure, CLI and pipeline
+def test_the_curves_figure_from_the_cli(tmp_path):
+    from avb import cli
+
+    out = tmp_path / "run"
+    model = tr.train(run_with("avb_ac", 8, MONITOR_ON), out, progress=False)
+    files = {name: tmp_path / name for name in ("f7.png", "f7.pdf", "i.png", "i.pdf", "c.png", "c.pdf")}
+    assert cli.main(["figures", str(model), "--out-fig7", str(files["f7.png"]), str(files["f7.pdf"]), "--out-interp",
+                     str(files["i.png"]), str(files["i.pdf"]), "--metrics", str(out / "train_metrics.csv"),
+                     "--val-metrics", str(out / "val_metrics.csv"), "--out-curves", str(files["c.png"]),
+                     str(files["c.pdf"])]) in (0, None)
+    assert files["c.png"].stat().st_size > 10_000 and files["c.pdf"].stat().st_size > 5_000
+    # without validation (the pipeline passes an empty --val-metrics) the training curves alone
+    from avb.report.curves import training_curves
+    training_curves(out / "train_metrics.csv", tmp_path / "t.png", val_csv=None, title="t")
+    assert (tmp_path / "t.png").stat().st_size > 10_000
+
+
+PIPELINE = {
+    "preset": "mon", "methods": ["vae", "avb"], "z_dims": [2], "seeds": [0], "threads": 1,
+    "model": {"hidden": 32, "eps_dim": 4, "eps_nbasis": 2, "adv_hidden": 16, "adv_embed": 16, "adv_layers": 1},
+    "train": {"steps": 20, "batch_size": 32, "checkpoint_every": 10, "log_every": 5, "device": "cpu"},
+    "eval": {"n_test": 8, "batch_size": 8, "ais_steps": 3, "ais_chains": 2, "elbo_samples": 1, "iwae_samples": 2,
+             "device": "cpu"},
+    "report": {"n_samples": 4}, "convergence": {"enabled": False},
+    "monitor": {"tensorboard": True, "val_every": 10, "val_images": 64, "iwae_samples": 4, "sample_every": 10},
+    "toy": {"enabled": True, "threads": 1, "methods": ["vae"], "model": {"hidden": 16},
+            "train": {"steps": 20, "batch_size": 32, "checkpoint_every": 10, "log_every": 5, "device": "cpu"},
+            "eval": {"grid_size": 20, "n_samples": 50, "kde_samples": 50, "scatter_samples": 8, "device": "cpu"}},
+    "schools": {"enabled": True, "threads": 1, "device": "cpu", "methods": ["advi_meanfield"], "n_samples": 200,
+                "kl_every": 10, "kl_samples": 60, "gold": {"chains": 4, "warmup": 30, "draws": 100, "thin": 1},
+                "advi": {"steps": 20, "batch_size": 16, "checkpoint_every": 10, "log_every": 5},
+                "metrics": {"divergence_samples": 50, "divergence_repeats": 2, "quad_grid": 101, "kl_repeats": 2}},
+}
+
+
+@pytest.mark.slow
+def test_pipeline_with_monitoring_and_its_report(tmp_path):
+    """Monitoring on through the Snakefile: validation files and TensorBoard events per run, the curves figure of
+    every run in the report's training stage, and every toy and schools figure in the report."""
+    from snakemake_helpers import snakemake
+    from test_pipeline_scale import report_items
+
+    cfg = tmp_path / "mon.yaml"
+    cfg.write_text(yaml.safe_dump(PIPELINE))
+    r = snakemake(tmp_path, "--cores", "2", "--configfile", str(cfg))
+    assert r.returncode == 0, r.stderr[-3000:]
+    out = tmp_path / "results" / "mon"
+    for method in PIPELINE["methods"]:
+        run = out / "runs" / "mnist" / method / "z2" / "seed0"
+        assert list(table(run / "val_metrics.csv").step) == [10, 20]
+        assert io.load_torch(run / "model.best.pt")["step"] in (10, 20)
+        assert list((run / monitor.TENSORBOARD_DIR).glob("events.out.tfevents.*"))
+        assert (run / "curves.png").stat().st_size > 10_000
+    r = snakemake(tmp_path, "--configfile", str(cfg), "--report", "results/mon/report.html")
+    assert r.returncode == 0, r.stderr[-3000:]
+    _, categories = report_items((out / "report.html").read_text())
+    runs = [f"results/mon/runs/mnist/{m}/z2/seed0" for m in PIPELINE["methods"]]
+    assert categories["1. Training"] == {"mnist, z = 2": [f"{r}/{f}" for f in ("curves.png", "train_metrics.csv")
+                                                          for r in runs]}
+    assert categories["5. Toy"] == {"Other": ["results/mon/toy/latent_space.png", "results/mon/toy/table1.md"]}
+    assert categories["6. Eight schools"] == {"Other": ["results/mon/schools/kl_iterations.png",
+                                                        "results/mon/schools/mu_tau.png"]}

@@ -92,7 +92,7 @@ rule schools_kl:
     output:
         csv=f"{SCHOOLS}/kl_curve.csv",
         png=report(f"{SCHOOLS}/kl_iterations.png", caption="../report/schools_kl.rst",
-                   category="6. Eight schools (Figure 3)",
+                   category="6. Eight schools",
                    labels={"file": "kl_iterations.png", "content": "Figure 3 replica"}),
         pdf=f"{SCHOOLS}/kl_iterations.pdf",
     params:
@@ -124,7 +124,8 @@ rule schools_report:
         csv=f"{SCHOOLS}/summary.csv",
         md=f"{SCHOOLS}/summary.md",
         params=f"{SCHOOLS}/per_parameter.csv",
-        png=f"{SCHOOLS}/mu_tau.png",
+        png=report(f"{SCHOOLS}/mu_tau.png", caption="../report/schools_mu_tau.rst", category="6. Eight schools",
+                   labels={"file": "mu_tau.png", "content": "figure"}),
         pdf=f"{SCHOOLS}/mu_tau.pdf",
     params:
         **AVB_PARAMS,

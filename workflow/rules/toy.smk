@@ -103,10 +103,11 @@ rule toy_report:
     output:
         csv=f"{TOY}/summary.csv",
         md=f"{TOY}/summary.md",
-        png=f"{TOY}/latent_space.png",
+        png=report(f"{TOY}/latent_space.png", caption="../report/toy_latent_space.rst", category="5. Toy",
+                   labels={"file": "latent_space.png", "content": "figure"}),
         pdf=f"{TOY}/latent_space.pdf",
         table1_csv=f"{TOY}/table1.csv",
-        table1_md=report(f"{TOY}/table1.md", caption="../report/toy_table1.rst", category="5. Toy (Table 1)",
+        table1_md=report(f"{TOY}/table1.md", caption="../report/toy_table1.rst", category="5. Toy",
                          labels={"file": "table1.md", "content": "Table 1 replica"}),
         table1_tex=f"{TOY}/table1.tex",
     params:
