@@ -370,3 +370,22 @@ def test_pipeline_with_monitoring_and_its_report(tmp_path):
     assert categories["5. Toy"] == {"Other": ["results/mon/toy/latent_space.png", "results/mon/toy/table1.md"]}
     assert categories["6. Eight schools"] == {"Other": ["results/mon/schools/kl_iterations.png",
                                                         "results/mon/schools/mu_tau.png"]}
+
+
+@pytest.mark.gpu
+def test_monitoring_on_cuda_consumes_no_training_random_number(tmp_path):
+    """On a GPU the pass forks and restores the GPU's generator too: the CUDA training is the same with it."""
+    run = run_with("avb_ac", 2, MONITOR_ON, device="cuda")
+    model, _, _ = tr.setup(run)
+    x = validate.validation_images(run, 30, 0)
+    cpu, gpu = torch.get_rng_state(), torch.cuda.get_rng_state()
+    validate.bounds(model, x, run["monitor"], 16)
+    assert torch.equal(torch.get_rng_state(), cpu) and torch.equal(torch.cuda.get_rng_state(), gpu)
+    for method in ("vae", "avb_ac"):
+        off = [tr.train(run_with(method, 8, device="cuda"), tmp_path / f"{method}-off{i}", progress=False)
+               for i in range(2)]
+        if not same(weights(off[0]), weights(off[1])):
+            pytest.skip("CUDA training is not bit-reproducible on this device")
+        on = tr.train(run_with(method, 8, MONITOR_ON, device="cuda"), tmp_path / f"{method}-on", progress=False)
+        assert same(weights(off[0]), weights(on)), method
+        assert list(table(on.parent / "val_metrics.csv").step) == [4, 8]
