@@ -181,7 +181,7 @@ class Monitor:
             self.val_log.begin(self.val_rows, resumed=step > 0)
             self.validator.resume(step)
         if self.settings and self.settings["tensorboard"]:
-            self.tb = TensorBoard(self.out, purge_step=step if step > 0 else None)
+            self.tb = TensorBoard(self.out, purge_step=step + 1 if step > 0 else None)  # the checkpoint's step stays
 
     def log(self, row: Mapping[str, Any]) -> None:
         """A train_metrics.csv row (``step`` and the means since the last row) to TensorBoard."""

@@ -389,3 +389,26 @@ def test_monitoring_on_cuda_consumes_no_training_random_number(tmp_path):
         on = tr.train(run_with(method, 8, MONITOR_ON, device="cuda"), tmp_path / f"{method}-on", progress=False)
         assert same(weights(off[0]), weights(on)), method
         assert list(table(on.parent / "val_metrics.csv").step) == [4, 8]
+
+
+def test_a_resumed_run_has_no_doubled_tensorboard_stretch(tmp_path):
+    """Events a crashed run wrote after its last checkpoint are purged when it resumes (purge_step): each step has
+    one value, the resumed run's."""
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    run = run_with("vae", 8, {"tensorboard": True}, checkpoint_every=4)
+    out = tmp_path / "run"
+    model, batches, gen = tr.setup(run)
+
+    def crash(step):
+        if step == 7:
+            raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        tr.fit(model, batches, gen, run, out, progress=False, on_step=crash, monitor=monitor.Monitor.for_run(run, out))
+    tr.train(run, out, progress=False)
+    acc = EventAccumulator(str(out / monitor.TENSORBOARD_DIR))
+    acc.Reload()
+    events = acc.Scalars("train/elbo")
+    assert [e.step for e in events] == [2, 4, 6, 8]
+    assert [e.value for e in events] == pytest.approx(list(table(out / "train_metrics.csv").elbo), rel=1e-6)
