@@ -174,7 +174,7 @@ class Monitor:
 
     def begin(self, step: int, state: dict[str, Any] | None) -> None:
         """At the start of a run at ``step`` (0, or the checkpoint's), with the checkpoint's ``state_dict`` (None
-        from step 0): val_metrics.csv rewritten from the checkpoint's rows, model.best.pt kept or removed, the
+        from step 0): val_metrics.csv rewritten from the checkpoint's rows, checkpoint.best.pt kept or removed, the
         TensorBoard writer opened (purging the events after ``step``)."""
         if self.validator is not None:
             self.val_rows = [dict(r) for r in (state or {}).get("val_rows", [])] if step > 0 else []
@@ -212,13 +212,14 @@ class Monitor:
 
     def finish(self, model: torch.nn.Module, step: int) -> None:
         """At the end (``step`` = train.steps): a pass at the last step where none was made (validation turned on
-        for a run already trained), so that val_metrics.csv ends there and model.best.pt exists."""
+        for a run already trained), so that val_metrics.csv ends there, then model.best.pt published."""
         if self.validator is None:
             return
         if not self.val_rows or self.val_rows[-1]["step"] != step:
             self._validate(model, step, final=True)
-        elif not self.validator.best_path.exists():
+        elif not self.validator.running_path.exists():
             self.validator(model, step, final=True)
+        self.validator.publish()
 
     def state_dict(self) -> dict[str, Any]:
         """What a checkpoint holds of the monitor: the validation rows so far."""

@@ -12,14 +12,18 @@ generators of their own, and the model is evaluated in eval mode (batch norm: ru
 put back in the mode it was in. So a run with validation trains bit-identically to one without, and two passes on
 the same weights give the same numbers (a resumed run recomputes them exactly).
 
-``model.best.pt`` (beside ``model.pt``) holds the weights of the pass with the highest validation ELBO so far, with
-``run``, ``step`` and ``val`` (the pass's numbers): written atomically, read with ``weights_only=True`` like every
-model file (``avb.experiments.load_model`` loads it).
+``model.best.pt`` (beside ``model.pt``) holds the weights of the pass with the highest validation ELBO, with ``run``,
+``step`` and ``val`` (the pass's numbers): written atomically, read with ``weights_only=True`` like every model file
+(``avb.experiments.load_model`` loads it). While the run trains, the best so far is ``checkpoint.best.pt``
+(``Validator``). A resumed run keeps it; on the CPU the passes after the checkpoint are recomputed bit for bit, so
+the result is the uninterrupted run's; on a GPU, where a resumed run may differ in the last bits, it is still the
+best (weights, ELBO) pair this run config produced.
 """
 from __future__ import annotations
 
 import math
 import os
+import shutil
 import time
 from contextlib import contextmanager
 from pathlib import Path
@@ -32,7 +36,8 @@ from .evaluate import elbo_per_image, iwae_per_image
 from .objectives import Method, MomentDraws
 
 VAL_FIELDS = ["step", "elbo", "elbo_se", "iwae", "iwae_se", "seconds"]
-BEST = "model.best.pt"
+BEST = "model.best.pt"                # published at the end of the run (a pipeline output)
+RUNNING_BEST = "checkpoint.best.pt"   # the best so far, while the run trains (no output: survives a rerun)
 
 
 def validation_images(run: dict[str, Any], n: int, seed: int,
@@ -100,46 +105,58 @@ def bounds(model: Method, x: torch.Tensor, settings: dict[str, Any], moment_draw
 
 
 class Validator:
-    """The validation passes of one run and its best-validation checkpoint (``BEST`` in ``out``)."""
+    """The validation passes of one run and its best-validation weights.
+
+    The best so far is kept in ``checkpoint.best.pt`` (``RUNNING_BEST``), which, like checkpoint.pt, is no pipeline
+    output, so that Snakemake, which deletes a killed job's outputs before its rerun, cannot take the best of the
+    steps before the checkpoint with it; ``publish`` copies it to ``model.best.pt`` (``BEST``) at the end of the run.
+    """
 
     def __init__(self, run: dict[str, Any], settings: dict[str, Any], out: str | os.PathLike,
                  data_dir: str | os.PathLike | None = None):
-        self.run, self.settings, self.best_path = run, settings, Path(out) / BEST
+        self.run, self.settings = run, settings
+        self.running_path, self.best_path = Path(out) / RUNNING_BEST, Path(out) / BEST
         self.x = validation_images(run, settings["val_images"], settings["seed"], data_dir)
-        self.best: float | None = None  # the validation ELBO of model.best.pt
+        self.best: float | None = None  # the validation ELBO of checkpoint.best.pt
 
     def due(self, step: int, n_steps: int) -> bool:
         """Whether a pass runs after ``step``: every ``val_every`` steps and at the last."""
         return step % self.settings["val_every"] == 0 or step == n_steps
 
     def resume(self, step: int) -> None:
-        """At the start of ``fit`` (at ``step``): a run from step 0 removes a stale ``model.best.pt``; a resumed run
-        keeps it where it was written for this run config (its ELBO is the one to beat), else removes it."""
+        """At the start of ``fit`` (at ``step``): a run from step 0 removes the best-validation files of an earlier
+        run; a resumed run keeps checkpoint.best.pt where it was written for this run config (its ELBO is the one to
+        beat), else removes it. model.best.pt is written again at the end (``publish``)."""
         from .train import config_change
 
         self.best = None
-        if not self.best_path.exists():
-            return
-        if step > 0:
+        if step > 0 and self.running_path.exists():
             try:
-                ck = io.load_torch(self.best_path, "cpu", ("run", "step", "model", "val"))
+                ck = io.load_torch(self.running_path, "cpu", ("run", "step", "model", "val"))
                 if config_change(ck["run"], self.run) is None and math.isfinite(ck["val"]["elbo"]):
                     self.best = float(ck["val"]["elbo"])
                     return
             except (io.CorruptFile, KeyError, TypeError):
                 pass
-        print(f"[avb] removing {self.best_path}: it is not of this run", flush=True)
-        self.best_path.unlink()
+        for path in (self.running_path, self.best_path):
+            if path.exists():
+                print(f"[avb] removing {path}: it is not of this run", flush=True)
+                path.unlink()
 
     def __call__(self, model: Method, step: int, final: bool = False) -> dict[str, float]:
-        """One pass at ``step``; writes ``model.best.pt`` where its ELBO beats the best so far (and at the ``final``
-        step where there is none yet). Returns the row for val_metrics.csv."""
+        """One pass at ``step``; writes checkpoint.best.pt where its ELBO beats the best so far (and at the
+        ``final`` step where there is none yet). Returns the row for val_metrics.csv."""
         batch = self.run["train"]["batch_size"]
         row = {"step": step, **bounds(model, self.x, self.settings, batch)}
         better = math.isfinite(row["elbo"]) and (self.best is None or row["elbo"] > self.best)
-        if better or (final and not self.best_path.exists()):
+        if better or (final and not self.running_path.exists()):
             io.save_torch({"run": self.run, "step": step, "model": model.state_dict(),
-                           "val": {k: row[k] for k in ("elbo", "elbo_se", "iwae", "iwae_se")}}, self.best_path)
+                           "val": {k: row[k] for k in ("elbo", "elbo_se", "iwae", "iwae_se")}}, self.running_path)
             if better:
                 self.best = row["elbo"]
         return row
+
+    def publish(self) -> None:
+        """model.best.pt: an atomic copy of checkpoint.best.pt (at the end of the run)."""
+        with io.atomic_path(self.best_path) as tmp:
+            shutil.copyfile(self.running_path, tmp)

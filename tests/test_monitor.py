@@ -230,6 +230,39 @@ def test_the_best_checkpoint_holds_the_weights_of_the_best_validation_elbo(tmp_p
     assert loaded_run["steps_done"] == 4
 
 
+def test_the_best_survives_a_rerun_that_deleted_the_outputs(tmp_path, monkeypatch):
+    """Snakemake deletes a killed job's outputs (model.best.pt, val_metrics.csv, train_metrics.csv) before the rerun:
+    the best of the passes before the checkpoint must still win (it is kept in checkpoint.best.pt)."""
+    script = {2: -10.0, 4: -3.0, 6: -5.0, 8: -4.0, 10: -7.0}
+    at = {"step": 0}
+    monkeypatch.setattr(validate, "bounds", lambda *a, **k: {"elbo": script[at["step"]], "elbo_se": 0.1,
+                                                             "iwae": math.nan, "iwae_se": math.nan, "seconds": 0.0})
+    run = run_with("avb", 10, {**MONITOR_ON, "val_every": 2, "tensorboard": False}, checkpoint_every=6)
+    out = tmp_path / "run"
+    snapshots = {}
+
+    def fit(crash_at=None):
+        model, batches, gen = tr.setup(run)
+
+        def step(s):
+            at["step"] = s
+            snapshots[s] = {k: v.clone() for k, v in model.state_dict().items()}
+            if s == crash_at:
+                raise KeyboardInterrupt
+
+        tr.fit(model, batches, gen, run, out, progress=False, on_step=step, monitor=monitor.Monitor.for_run(run, out))
+
+    with pytest.raises(KeyboardInterrupt):
+        fit(crash_at=9)
+    assert not (out / "model.best.pt").exists()  # published at the end only
+    for name in ("model.best.pt", "val_metrics.csv", "train_metrics.csv"):
+        (out / name).unlink(missing_ok=True)
+    fit()
+    best = io.load_torch(out / "model.best.pt")
+    assert best["step"] == 4 and same(best["model"], snapshots[4])
+    assert list(table(out / "val_metrics.csv").elbo) == [-10.0, -3.0, -5.0, -4.0, -7.0]
+
+
 def test_a_stale_best_checkpoint_of_another_run_is_removed(tmp_path, capsys):
     out = tmp_path / "run"
     tr.train(run_with("vae", 4, MONITOR_ON), out, progress=False)
