@@ -109,7 +109,7 @@ def settings_of(run: dict[str, Any]) -> dict[str, Any] | None:
     """The run config's ``monitor`` section with the schema's defaults filled in, or None where monitoring is off
     (no section: ``avb.jobs.train_config`` writes it only when something is on)."""
     given = run.get("monitor")
-    if not given:
+    if not given or run.get("experiment", "images") != "images":  # the toy and schools runs have no validation split
         return None
     from .config import section
     s = section("monitor", dict(given), "run config monitor section")
