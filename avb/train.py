@@ -17,9 +17,8 @@ A run always finishes and never runs a stranger's code:
 * Every ``log_every`` steps a row of metrics (means over those steps) is added to ``train_metrics.csv`` by an
   atomic replacement of the file (``avb.monitor.CsvLog``: a reader never sees part of a row); each checkpoint
   rewrites it with fsync, and each start rewrites it from the checkpoint it resumes (dropping the rows added after
-  it). Monitoring
-  (``monitor`` in the run config: TensorBoard, validation with a best-validation ``model.best.pt``) changes nothing
-  of the training and never restarts a run.
+  it). Monitoring (``monitor`` in the run config: TensorBoard, validation with a best-validation
+  ``model.best.pt``) changes nothing of the training and never restarts a run.
 * A corrupt checkpoint.pt is moved to ``checkpoint.corrupt.pt`` and ``checkpoint.prev.pt`` is used (logged); stale
   temporary files of killed writes are removed at start (logged).
 * SIGTERM or SIGUSR1 (SLURM's warning before the time limit) writes a checkpoint at the current step and stops with
