@@ -13,7 +13,8 @@ default, when it writes nothing beyond train_metrics.csv and changes no output).
   Bernoulli means at 64 fixed prior draws (``samples``) every ``sample_every`` steps and at the end. A resumed run
   purges the events after its checkpoint's step (``purge_step``), so the curves show no doubled stretch.
 * Validation (``monitor.val_every`` > 0): ``avb.validate``; its rows in val_metrics.csv and in the checkpoint
-  (``state_dict``), the best-validation weights in ``model.best.pt``.
+  (``state_dict``), the best-validation weights in ``checkpoint.best.pt`` while the run trains and in
+  ``model.best.pt`` at its end.
 
 ``Monitor`` is what ``avb.train.fit`` calls: ``begin`` once, ``log`` with each metrics row (a dict, read from the
 device once per ``log_every``), ``after_step`` after each step, ``finish`` at the end, ``close`` always.
