@@ -82,7 +82,23 @@ def _toy(a: argparse.Namespace) -> str:
     if len(a.evals) != len(a.npz):
         raise ValueError("--evals and --npz need one file per method each")
     from .report.toy import report
-    return report(a.evals, a.npz, a.out_csv, a.out_md, a.out_png, a.out_pdf, a.out_table1)
+    md = report(a.evals, a.npz, a.out_csv, a.out_md, a.out_png, a.out_pdf, a.out_table1)
+    _runs_curves(a.metrics, a.out_curves, "Toy experiment: training curves")
+    return md
+
+
+def _runs_curves(metrics: list[str], out: list[str] | None, title: str) -> None:
+    """``--metrics`` / ``--out-curves`` of ``toy report`` and ``schools report``: one row per run, labelled by its
+    method (the name of the folder holding its train_metrics.csv)."""
+    if not out:
+        return
+    if not metrics:
+        raise ValueError("--out-curves needs --metrics")
+    import os
+    from .methods import LABELS
+    from .report.curves import runs_curves
+    method = lambda path: os.path.basename(os.path.dirname(os.path.abspath(path)))  # noqa: E731
+    runs_curves([(LABELS.get(method(m), method(m)), m) for m in metrics], *out, title=title)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -154,6 +170,8 @@ def main(argv: list[str] | None = None) -> int:
     sr.add_argument("--out-params", required=True)
     sr.add_argument("--out-fig", required=True, help="figure path; written as .png and .pdf")
     sr.add_argument("--kl-curve", help="kl_curve.csv of `avb schools kl`: its last iteration joins the summary")
+    sr.add_argument("--metrics", nargs="*", default=[], help="train_metrics.csv of each fit (for --out-curves)")
+    sr.add_argument("--out-curves", nargs=2, metavar=("PNG", "PDF"), help="the fits' training curves")
     sk = _job(ss, "kl", "Figure 3 replica: kNN KL(method || HMC) of the training snapshots, CSV + figure",
               config=SCHOOLS_CONFIG_HELP)
     sk.add_argument("--gold-npz", required=True)
@@ -181,6 +199,8 @@ def main(argv: list[str] | None = None) -> int:
     tr.add_argument("--out-pdf", required=True)
     tr.add_argument("--out-table1", nargs=3, metavar=("CSV", "MD", "TEX"),
                     help="the Table 1 replica: ours beside the paper's printed values (avb/report/published.py)")
+    tr.add_argument("--metrics", nargs="*", default=[], help="train_metrics.csv of each run (for --out-curves)")
+    tr.add_argument("--out-curves", nargs=2, metavar=("PNG", "PDF"), help="the runs' training curves")
 
     pp = sub.add_parser("paper", help="render paper/replication.md and paper/main.tex from a preset's results")
     pp.add_argument("--config", required=True, help="JSON file of the validated preset config (paper_config.json); "
@@ -285,6 +305,7 @@ def main(argv: list[str] | None = None) -> int:
                 fits = [os.path.dirname(f) if f.endswith(".json") else f for f in a.fits]  # fit.json -> its folder
                 print(report(a.gold_npz, a.gold_json, fits, settings, a.out_csv, a.out_md, a.out_fig,
                              a.out_params, a.kl_curve))
+                _runs_curves(a.metrics, a.out_curves, "Eight schools: training curves")
         elif a.cmd == "toy":
             _threads(getattr(a, "threads", None))
             print(_toy(a))

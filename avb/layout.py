@@ -18,9 +18,9 @@ RUN_FIGURES = ("fig7.png", "fig7.pdf", "interpolations.png", "interpolations.pdf
 TOY = "toy"
 SCHOOLS = "schools"
 TOY_REPORT = ("summary.csv", "summary.md", "latent_space.png", "latent_space.pdf", "table1.csv", "table1.md",
-              "table1.tex")
+              "table1.tex", "training_curves.png", "training_curves.pdf")
 SCHOOLS_REPORT = ("summary.csv", "summary.md", "per_parameter.csv", "mu_tau.png", "mu_tau.pdf", "kl_curve.csv",
-                  "kl_iterations.png", "kl_iterations.pdf")
+                  "kl_iterations.png", "kl_iterations.pdf", "training_curves.png", "training_curves.pdf")
 
 
 def out_dir(cfg: dict[str, Any]) -> str:

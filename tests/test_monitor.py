@@ -379,7 +379,8 @@ PIPELINE = {
 @pytest.mark.slow
 def test_pipeline_with_monitoring_and_its_report(tmp_path):
     """Monitoring on through the Snakefile: validation files and TensorBoard events per run, the curves figure of
-    every run in the report's training stage, and every toy and schools figure in the report."""
+    every run in the report's training stage, and every toy and schools figure (their training curves too) in the
+    report."""
     from snakemake_helpers import snakemake
     from test_pipeline_scale import report_items
 
@@ -400,9 +401,10 @@ def test_pipeline_with_monitoring_and_its_report(tmp_path):
     runs = [f"results/mon/runs/mnist/{m}/z2/seed0" for m in PIPELINE["methods"]]
     assert categories["1. Training"] == {"mnist, z = 2": [f"{r}/{f}" for f in ("curves.png", "train_metrics.csv")
                                                           for r in runs]}
-    assert categories["5. Toy"] == {"Other": ["results/mon/toy/latent_space.png", "results/mon/toy/table1.md"]}
-    assert categories["6. Eight schools"] == {"Other": ["results/mon/schools/kl_iterations.png",
-                                                        "results/mon/schools/mu_tau.png"]}
+    assert categories["5. Toy"] == {"Other": [f"results/mon/toy/{f}" for f in ("latent_space.png", "table1.md",
+                                                                              "training_curves.png")]}
+    assert categories["6. Eight schools"] == {"Other": [f"results/mon/schools/{f}" for f in (
+        "kl_iterations.png", "mu_tau.png", "training_curves.png")]}
 
 
 @pytest.mark.gpu

@@ -1,10 +1,12 @@
-"""Per run: the training and validation curves (PNG + PDF) from train_metrics.csv and, with validation
-(``monitor.val_every``), val_metrics.csv.
+"""Training curves (PNG + PDF). Per MNIST-type run (``training_curves``): the training and validation curves from
+train_metrics.csv and, with validation (``monitor.val_every``), val_metrics.csv. The toy and eight-schools runs
+(``runs_curves``): one figure per experiment, one row per run.
 
-Four panels against the training step: (a) the ELBO, training (the mean over each ``log_every`` steps, for AVB an
-estimate with the adversary's KL) beside the validation ELBO and IWAE bound, the best validation ELBO marked (the
-step of model.best.pt); (b) the reconstruction term and the KL term; (c) the primal and adversary losses; (d) the
-adversary's accuracy (0.5: it cannot tell q from the prior) or, without an adversary, the training throughput.
+``training_curves`` draws four panels against the training step: (a) the ELBO, training (the mean over each
+``log_every`` steps, for AVB an estimate with the adversary's KL) beside the validation ELBO and IWAE bound, the
+best validation ELBO marked (the step of model.best.pt); (b) the reconstruction term and the KL term; (c) the primal
+and adversary losses; (d) the adversary's accuracy (0.5: it cannot tell q from the prior) or, without an adversary,
+the training throughput.
 """
 from __future__ import annotations
 
@@ -92,5 +94,41 @@ def training_curves(metrics_csv: str | Path, out_png: str | Path, out_pdf: str |
     fig.suptitle(f"{title}{': ' if title else ''}last training ELBO {last:.1f}"
                  + (f", last validation ELBO {val.elbo.iloc[-1]:.1f}" if val is not None and len(val) else ""),
                  fontsize=10)
+    fig.tight_layout()
+    save(fig, out_png, out_pdf)
+
+
+def runs_curves(runs: list[tuple[str, str | Path]], out_png: str | Path, out_pdf: str | Path | None = None,
+                title: str = "") -> None:
+    """The toy and eight-schools runs: one row per run (``runs``: its label and train_metrics.csv), its ELBO (for
+    AVB an estimate with the adversary's KL), its losses and, where it has an adversary, the adversary's accuracy,
+    against the training step."""
+    sns.set_theme(style="whitegrid", context="paper")
+    fig, axes = plt.subplots(len(runs), 3, figsize=(10, 2.2 * len(runs) + 0.5), squeeze=False)
+    for (label, path), (elbo_ax, loss_ax, adv_ax) in zip(runs, axes):
+        m = pd.read_csv(path)
+        elbo_ax.plot(m.step, m.elbo, lw=1)
+        limits = _limits(m.elbo.to_numpy(float))
+        if limits:
+            elbo_ax.set_ylim(*limits)
+        elbo_ax.set_ylabel(label, fontsize=8)
+        loss_ax.plot(m.step, m.loss_primal, lw=1, label="primal")
+        if m.loss_adversary.notna().any():
+            loss_ax.plot(m.step, m.loss_adversary, lw=1, label="adversary")
+            loss_ax.legend(fontsize=6)
+        if m.adv_accuracy.notna().any():
+            adv_ax.plot(m.step, m.adv_accuracy, lw=1)
+            adv_ax.axhline(0.5, color="0.5", lw=0.8, ls=":")
+            adv_ax.set_ylim(0.0, 1.02)
+        else:
+            adv_ax.text(0.5, 0.5, "no adversary", ha="center", va="center", transform=adv_ax.transAxes,
+                        fontsize=8, color="0.4")
+            adv_ax.set_axis_off()
+    for ax, name in zip(axes[0], ("training ELBO (nats)", "losses", "adversary accuracy")):
+        ax.set_title(name, fontsize=9)
+    for ax in axes[-1]:
+        ax.set_xlabel("training step", fontsize=8)
+    if title:
+        fig.suptitle(title, fontsize=10)
     fig.tight_layout()
     save(fig, out_png, out_pdf)

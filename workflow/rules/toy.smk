@@ -100,6 +100,7 @@ rule toy_report:
     input:
         evals=toy_files("eval.json"),
         arrays=toy_files("eval.npz"),
+        metrics=toy_files("train_metrics.csv"),
     output:
         csv=f"{TOY}/summary.csv",
         md=f"{TOY}/summary.md",
@@ -110,6 +111,9 @@ rule toy_report:
         table1_md=report(f"{TOY}/table1.md", caption="../report/toy_table1.rst", category="5. Toy",
                          labels={"file": "table1.md", "content": "Table 1 replica"}),
         table1_tex=f"{TOY}/table1.tex",
+        curves=report(f"{TOY}/training_curves.png", caption="../report/toy_curves.rst", category="5. Toy",
+                      labels={"file": "training_curves.png", "content": "figure"}),
+        curves_pdf=f"{TOY}/training_curves.pdf",
     params:
         **AVB_PARAMS,
     log:
@@ -125,4 +129,5 @@ rule toy_report:
     shell:
         avb("toy report --evals {input.evals:q} --npz {input.arrays:q} --out-csv {output.csv:q} --out-md {output.md:q} "
         "--out-png {output.png:q} --out-pdf {output.pdf:q} "
-        "--out-table1 {output.table1_csv:q} {output.table1_md:q} {output.table1_tex:q} > {log:q} 2>&1")
+        "--out-table1 {output.table1_csv:q} {output.table1_md:q} {output.table1_tex:q} "
+        "--metrics {input.metrics:q} --out-curves {output.curves:q} {output.curves_pdf:q} > {log:q} 2>&1")
