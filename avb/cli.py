@@ -118,7 +118,23 @@ def _toy(a: argparse.Namespace) -> str:
     if len(a.evals) != len(a.npz):
         raise ValueError("--evals and --npz need one file per method each")
     from .report.toy import report
-    return report(a.evals, a.npz, a.out_csv, a.out_md, a.out_png, a.out_pdf, a.out_table1)
+    md = report(a.evals, a.npz, a.out_csv, a.out_md, a.out_png, a.out_pdf, a.out_table1)
+    _runs_curves(a.metrics, a.out_curves, "Toy experiment: training curves")
+    return md
+
+
+def _runs_curves(metrics: list[str], out: list[str] | None, title: str) -> None:
+    """``--metrics`` / ``--out-curves`` of ``toy report`` and ``schools report``: one row per run, labelled by its
+    method (the name of the folder holding its train_metrics.csv)."""
+    if not out:
+        return
+    if not metrics:
+        raise ValueError("--out-curves needs --metrics")
+    import os
+    from .methods import LABELS
+    from .report.curves import runs_curves
+    method = lambda path: os.path.basename(os.path.dirname(os.path.abspath(path)))  # noqa: E731
+    runs_curves([(LABELS.get(method(m), method(m)), m) for m in metrics], *out, title=title)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -166,6 +182,10 @@ def main(argv: list[str] | None = None) -> int:
     f.add_argument("--out-fig7", nargs=2, metavar=("PNG", "PDF"), required=True)
     f.add_argument("--out-interp", nargs=2, metavar=("PNG", "PDF"), required=True)
     f.add_argument("--seed", type=int, default=0, help="prior draws; training images seed + 1; test images seed + 2")
+    f.add_argument("--metrics", help="train_metrics.csv of the run (for --out-curves)")
+    f.add_argument("--val-metrics", nargs="?", help="val_metrics.csv of the run (validation on; for --out-curves)")
+    f.add_argument("--out-curves", nargs=2, metavar=("PNG", "PDF"),
+                   help="the training and validation curves (needs --metrics)")
 
     s = sub.add_parser("schools", help="eight schools: gold-standard HMC, ADVI / AVB fits, Figure 3, report")
     ss = s.add_subparsers(dest="schools_cmd", required=True)
@@ -186,6 +206,8 @@ def main(argv: list[str] | None = None) -> int:
     sr.add_argument("--out-params", required=True)
     sr.add_argument("--out-fig", required=True, help="figure path; written as .png and .pdf")
     sr.add_argument("--kl-curve", help="kl_curve.csv of `avb schools kl`: its last iteration joins the summary")
+    sr.add_argument("--metrics", nargs="*", default=[], help="train_metrics.csv of each fit (for --out-curves)")
+    sr.add_argument("--out-curves", nargs=2, metavar=("PNG", "PDF"), help="the fits' training curves")
     sk = _job(ss, "kl", "Figure 3 replica: kNN KL(method || HMC) of the training snapshots, CSV + figure",
               config=SCHOOLS_CONFIG_HELP)
     sk.add_argument("--gold-npz", required=True)
@@ -213,6 +235,8 @@ def main(argv: list[str] | None = None) -> int:
     tr.add_argument("--out-pdf", required=True)
     tr.add_argument("--out-table1", nargs=3, metavar=("CSV", "MD", "TEX"),
                     help="the Table 1 replica: ours beside the paper's printed values (avb/report/published.py)")
+    tr.add_argument("--metrics", nargs="*", default=[], help="train_metrics.csv of each run (for --out-curves)")
+    tr.add_argument("--out-curves", nargs=2, metavar=("PNG", "PDF"), help="the runs' training curves")
 
     pp = sub.add_parser("paper", help="render paper/replication.md and paper/main.tex from a preset's results")
     pp.add_argument("--config", required=True, help="JSON file of the validated preset config (paper_config.json); "
@@ -301,8 +325,16 @@ def main(argv: list[str] | None = None) -> int:
         elif a.cmd == "figures":
             from .report import figures
             _threads(a.threads)
+            if a.out_curves and not a.metrics:
+                p.error("figures: --out-curves needs --metrics")
             figures.run_figures(a.model, a.out_fig7, a.out_interp, a.seed, data_dir=a.data_dir)
-            print(f"wrote {' '.join(a.out_fig7 + a.out_interp)}")
+            if a.out_curves:
+                from . import io
+                from .report.curves import training_curves
+                run = io.load_torch(a.model, "cpu", ("run",))["run"]
+                training_curves(a.metrics, *a.out_curves, val_csv=a.val_metrics or None,
+                                title=f"{figures.run_label(run)}, {run['dataset']}")
+            print(f"wrote {' '.join(a.out_fig7 + a.out_interp + (a.out_curves or []))}")
         elif a.cmd == "schools":
             from . import schools
             from .config import section
@@ -325,6 +357,7 @@ def main(argv: list[str] | None = None) -> int:
                 fits = [os.path.dirname(f) if f.endswith(".json") else f for f in a.fits]  # fit.json -> its folder
                 print(report(a.gold_npz, a.gold_json, fits, settings, a.out_csv, a.out_md, a.out_fig,
                              a.out_params, a.kl_curve))
+                _runs_curves(a.metrics, a.out_curves, "Eight schools: training curves")
         elif a.cmd == "toy":
             _threads(getattr(a, "threads", None))
             print(_toy(a))

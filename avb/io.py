@@ -76,11 +76,14 @@ def _write_failure(err: BaseException) -> str | None:
 
 
 @contextmanager
-def atomic_path(path: str | os.PathLike, backup: str | os.PathLike | None = None) -> Iterator[Path]:
+def atomic_path(path: str | os.PathLike, backup: str | os.PathLike | None = None,
+                sync: bool = True) -> Iterator[Path]:
     """Yield a temporary path; on success it replaces ``path``, on error it is removed and ``path`` is untouched.
 
     With ``backup``, an existing ``path`` is renamed to ``backup`` just before the new file takes its place (a kill
-    between the two renames leaves ``backup`` only).
+    between the two renames leaves ``backup`` only). ``sync=False`` skips the fsync before the rename: the
+    replacement is still atomic for readers, but not durable across a power loss (for a file rewritten often whose
+    durable copy is written elsewhere: ``avb.monitor.CsvLog``).
 
     A failed write (disk full, quota exceeded, I/O error; also torch's writer's RuntimeError for the same) raises
     ``WriteFailed`` naming ``path`` and the free space left on its file system.
@@ -94,8 +97,9 @@ def atomic_path(path: str | os.PathLike, backup: str | os.PathLike | None = None
     os.chmod(tmp, 0o666 & ~umask)  # mkstemp makes 0600; results are shared files, so honour the umask instead
     try:
         yield Path(tmp)
-        with open(tmp, "rb+") as f:
-            os.fsync(f.fileno())
+        if sync:
+            with open(tmp, "rb+") as f:
+                os.fsync(f.fileno())
         if backup is not None and path.exists():
             os.replace(path, backup)
         os.replace(tmp, path)

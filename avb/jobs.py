@@ -79,13 +79,25 @@ def check_data(run: dict[str, Any], splits: Any) -> None:
 
 def train_config(cfg: dict[str, Any], dataset: str, method: str, z_dim: int, seed: int) -> dict[str, Any]:
     """What training reads (written to the run's ``config.json``; ``avb.train.fit`` keys its checkpoint on it):
-    the wildcards, the dataset's content checksum, and the ``model`` / ``train`` keys the method reads."""
+    the wildcards, the dataset's content checksum, the ``model`` / ``train`` keys the method reads and, only where
+    monitoring is on (TensorBoard or validation), the ``monitor`` section (``fit`` ignores it when it decides
+    whether a checkpoint can be continued). With monitoring off, config.json is as it was without it."""
     run = run_config(cfg, dataset, method, z_dim, seed)
     unread = unread_model_keys(method, run["model"])
     train = {k: v for k, v in run["train"].items() if method not in ADVERSARY_FREE or k not in ADVERSARY_TRAIN_KEYS}
-    return {"method": method, "dataset": dataset, "z_dim": int(z_dim), "seed": int(seed),
-            "data_sha256": DATASET_SHA256[dataset],
-            "model": {k: v for k, v in run["model"].items() if k not in unread}, "train": train}
+    out = {"method": method, "dataset": dataset, "z_dim": int(z_dim), "seed": int(seed),
+           "data_sha256": DATASET_SHA256[dataset],
+           "model": {k: v for k, v in run["model"].items() if k not in unread}, "train": train}
+    monitor = cfg.get("monitor", {})
+    if monitor.get("tensorboard") or monitor.get("val_every", 0) > 0:
+        out["monitor"] = dict(monitor)
+    return out
+
+
+def validates(cfg: dict[str, Any]) -> bool:
+    """Whether the MNIST-type runs of ``cfg`` make validation passes (``monitor.val_every`` > 0): training then
+    writes val_metrics.csv and model.best.pt too."""
+    return cfg.get("monitor", {}).get("val_every", 0) > 0
 
 
 def eval_config(cfg: dict[str, Any], dataset: str, method: str, z_dim: int, seed: int) -> dict[str, Any]:

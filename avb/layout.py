@@ -13,14 +13,14 @@ from .config import sweep
 
 # One MNIST-type run: <out>/runs/<dataset>/<method>/z<z_dim>/seed<seed>/ (a Snakemake wildcard pattern).
 RUN = "runs/{dataset}/{method}/z{z_dim}/seed{seed}"
-# Per run: the Figure 7 replica and the latent interpolations (rule run_figures).
-RUN_FIGURES = ("fig7.png", "fig7.pdf", "interpolations.png", "interpolations.pdf")
+# Per run: the Figure 7 replica, the latent interpolations and the training / validation curves (rule run_figures).
+RUN_FIGURES = ("fig7.png", "fig7.pdf", "interpolations.png", "interpolations.pdf", "curves.png", "curves.pdf")
 TOY = "toy"
 SCHOOLS = "schools"
 TOY_REPORT = ("summary.csv", "summary.md", "latent_space.png", "latent_space.pdf", "table1.csv", "table1.md",
-              "table1.tex")
+              "table1.tex", "training_curves.png", "training_curves.pdf")
 SCHOOLS_REPORT = ("summary.csv", "summary.md", "per_parameter.csv", "mu_tau.png", "mu_tau.pdf", "kl_curve.csv",
-                  "kl_iterations.png", "kl_iterations.pdf")
+                  "kl_iterations.png", "kl_iterations.pdf", "training_curves.png", "training_curves.pdf")
 
 
 def out_dir(cfg: dict[str, Any]) -> str:

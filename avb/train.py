@@ -14,6 +14,11 @@ A run always finishes and never runs a stranger's code:
   ``train.steps``: raising ``train.steps`` continues the run (20 + 20 steps = 40 steps); any other change restarts
   (the log says which keys changed). A checkpoint already at ``train.steps`` (a kill while model.pt was written,
   ``snakemake -F``) rewrites model.pt and train_metrics.csv from it.
+* Every ``log_every`` steps a row of metrics (means over those steps) is added to ``train_metrics.csv`` by an
+  atomic replacement of the file (``avb.monitor.CsvLog``: a reader never sees part of a row); each checkpoint
+  rewrites it with fsync, and each start rewrites it from the checkpoint it resumes (dropping the rows added after
+  it). Monitoring (``monitor`` in the run config: TensorBoard, validation with a best-validation
+  ``model.best.pt``) changes nothing of the training and never restarts a run.
 * A corrupt checkpoint.pt is moved to ``checkpoint.corrupt.pt`` and ``checkpoint.prev.pt`` is used (logged); stale
   temporary files of killed writes are removed at start (logged).
 * SIGTERM or SIGUSR1 (SLURM's warning before the time limit) writes a checkpoint at the current step and stops with
@@ -23,7 +28,6 @@ A run always finishes and never runs a stranger's code:
 """
 from __future__ import annotations
 
-import csv
 import json
 import logging
 import math
@@ -40,6 +44,7 @@ from tqdm.auto import tqdm
 
 from . import io
 from .experiments import batches as make_batches, build
+from .monitor import CsvLog, Monitor, write_rows
 from .objectives import Method, Step
 
 log = logging.getLogger("avb.train")
@@ -48,6 +53,8 @@ CHECKPOINT_KEYS = ("run", "step", "metrics", "model", "opt_primal", "opt_adversa
 STOP_SIGNALS = (signal.SIGTERM, signal.SIGUSR1)
 # The run-config keys that may change between a checkpoint and its resumption (raising it continues the run).
 CONTINUABLE_KEYS = ("train.steps",)
+# Run-config sections that never change the training (monitoring: avb.monitor): they too may change on resumption.
+UNTRAINED_SECTIONS = ("monitor.",)
 
 
 class TrainingDiverged(RuntimeError):
@@ -148,7 +155,7 @@ def train(run: dict[str, Any], out_dir: str | os.PathLike, progress: bool = True
     """Train the run described by the resolved run config ``run`` (any experiment: ``setup``, then ``fit``); returns
     the final model file."""
     model, batches, data_gen = setup(run, data_dir)
-    return fit(model, batches, data_gen, run, out_dir, progress)
+    return fit(model, batches, data_gen, run, out_dir, progress, monitor=Monitor.for_run(run, out_dir, data_dir))
 
 
 class BatchSource(Protocol):
@@ -171,10 +178,10 @@ def _flat(d: dict[str, Any], prefix: str = "") -> dict[str, Any]:
 
 def config_change(old: dict[str, Any], new: dict[str, Any]) -> str | None:
     """Why a checkpoint written for run config ``old`` cannot be continued under ``new``, or None where it can:
-    the two may differ in ``CONTINUABLE_KEYS`` (``train.steps``) only."""
+    the two may differ in ``CONTINUABLE_KEYS`` (``train.steps``) and ``UNTRAINED_SECTIONS`` (``monitor``) only."""
     a, b = _flat(old), _flat(new)
-    changed = [k for k in sorted(a.keys() | b.keys()) if k not in CONTINUABLE_KEYS and a.get(k, "<unset>") !=
-               b.get(k, "<unset>")]
+    changed = [k for k in sorted(a.keys() | b.keys()) if k not in CONTINUABLE_KEYS and not
+               k.startswith(UNTRAINED_SECTIONS) and a.get(k, "<unset>") != b.get(k, "<unset>")]
     if not changed:
         return None
     shown = ", ".join(f"{k}: {a.get(k, '<unset>')!r} -> {b.get(k, '<unset>')!r}" for k in changed[:5])
@@ -229,7 +236,8 @@ def stop_signals() -> Iterator[list[int]]:
 
 
 def fit(model: Method, batches: BatchSource, data_gen: torch.Generator, run: dict[str, Any],
-        out_dir: str | os.PathLike, progress: bool = True, on_step: Callable[[int], None] | None = None) -> Path:
+        out_dir: str | os.PathLike, progress: bool = True, on_step: Callable[[int], None] | None = None,
+        monitor: Monitor | None = None) -> Path:
     """The training loop shared by every experiment (MNIST-type runs, the toy, eight schools).
 
     ``run`` is the JSON-able description of the run (it must hold the ``train`` section); a checkpoint in
@@ -238,17 +246,22 @@ def fit(model: Method, batches: BatchSource, data_gen: torch.Generator, run: dic
     Seed the global RNG before building ``model``. Writes ``model.pt`` and ``train_metrics.csv``; returns model.pt.
     ``on_step(step)``, if given, is called after each iteration with the number done, before that iteration's
     checkpoint is written (eight schools: posterior snapshots); it must leave the model and the RNG states as it
-    found them.
+    found them. Each metrics row is added to train_metrics.csv as it is made (``avb.monitor.CsvLog``); ``monitor``
+    (TensorBoard, validation: ``Monitor.for_run``) gets each row and a call after each iteration.
     """
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     io.remove_stale_temps(out)
     with stop_signals() as got_signal:
-        return _fit(model, batches, data_gen, run, out, progress, got_signal, on_step)
+        mon = monitor if monitor is not None else Monitor(run, out)
+        try:
+            return _fit(model, batches, data_gen, run, out, progress, got_signal, on_step, mon)
+        finally:
+            mon.close()
 
 
 def _fit(model: Method, batches: BatchSource, data_gen: torch.Generator, run: dict[str, Any], out: Path,
-         progress: bool, got_signal: list[int], on_step: Callable[[int], None] | None = None) -> Path:
+         progress: bool, got_signal: list[int], on_step: Callable[[int], None] | None, mon: Monitor) -> Path:
     tr = run["train"]
     n_steps, log_every = tr["steps"], tr["log_every"]
     opt_p, opt_a = make_optimizers(model, tr)
@@ -291,6 +304,11 @@ def _fit(model: Method, batches: BatchSource, data_gen: torch.Generator, run: di
                   f" to {n_steps})" if ck["run"]["train"]["steps"] != n_steps else ""), flush=True)
             tail = None
     good_step = step  # the step of the last good checkpoint on disk (0: none)
+    # the metrics file as of the checkpoint (rows a killed run added after it dropped), then one row added at a
+    # time (each a whole-file atomic replacement); the monitor's files likewise
+    metrics_log = CsvLog(metrics_path, METRIC_FIELDS)
+    metrics_log.begin(rows + ([tail] if tail else []), resumed=step > 0)
+    mon.begin(step, ck.get("monitor") if ck is not None else None)
 
     def save_checkpoint() -> None:
         io.save_torch({
@@ -299,8 +317,10 @@ def _fit(model: Method, batches: BatchSource, data_gen: torch.Generator, run: di
             "opt_adversary": opt_a.state_dict() if opt_a else None, "batches": batches.state_dict(),
             "rng": {"data": data_gen.get_state(), "torch": torch.get_rng_state(),
                     "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else None},
+            "monitor": mon.state_dict(),
         }, ckpt_path, backup=out / "checkpoint.prev.pt")
         write_metrics(rows + ([tail] if tail else []), metrics_path)
+        mon.flush()
 
     def diverged(msg: str) -> TrainingDiverged:
         kept = f"the last good checkpoint (step {good_step}) is kept" if good_step else "no checkpoint was written"
@@ -341,9 +361,12 @@ def _fit(model: Method, batches: BatchSource, data_gen: torch.Generator, run: di
                 acc, n_acc, t_last, n_timed = {}, 0, now, 0
             else:
                 tail = row
+            metrics_log.append(row)
+            mon.log(row)
             bar.set_postfix(elbo=f"{row['elbo']:.1f}")
         if on_step is not None:
             on_step(step)
+        t_last += mon.after_step(model, step, n_steps)  # its seconds: not training time (images_per_s)
         if step % tr["checkpoint_every"] == 0 or step == n_steps or got_signal:
             save_checkpoint()
             good_step = step
@@ -353,17 +376,14 @@ def _fit(model: Method, batches: BatchSource, data_gen: torch.Generator, run: di
             raise TrainingInterrupted(f"{out}: {signal.Signals(got_signal[0]).name} at step {step} of {n_steps}: "
                                       f"checkpoint written to {ckpt_path}; rerun to resume")
     bar.close()
-    if ck is not None and ck["step"] == n_steps:
-        write_metrics(rows + ([tail] if tail else []), metrics_path)
+    mon.finish(model, step)
     io.save_torch({"run": run, "step": step, "model": model.state_dict()}, final)
     return final
 
 
 def write_metrics(rows: list[dict[str, float]], path: Path) -> None:
-    with io.atomic_path(path) as tmp, open(tmp, "w", newline="") as f:
-        w = csv.DictWriter(f, fieldnames=METRIC_FIELDS)
-        w.writeheader()
-        w.writerows(rows)
+    """train_metrics.csv with ``rows``, atomically and fsynced (at every checkpoint: the durable copy of the rows)."""
+    write_rows(rows, path, METRIC_FIELDS)
 
 
 def read_run_config(path: str | os.PathLike) -> dict[str, Any]:

@@ -134,7 +134,8 @@ def test_report_has_captioned_figures_and_tables_by_stage(pipeline):
     items, categories = report_items(html)
     run = "results/scale/" + RUN
     assert categories == {
-        "1. Training": {"mnist, z = 2": [run.format(method=m) + "/train_metrics.csv" for m in ("vae", "avb")]},
+        "1. Training": {"mnist, z = 2": [run.format(method=m) + f"/{f}" for f in ("curves.png", "train_metrics.csv")
+                                         for m in ("vae", "avb")]},
         "2. Evaluation": {"mnist, z = 2": [run.format(method=m) + "/eval_per_image.csv" for m in ("vae", "avb")]},
         "3. Summary": {"Other": [f"results/scale/{f}" for f in ("claims.md", "samples_and_curves.png", "summary.csv",
                                                                  "summary.md", "table2.md")]},
@@ -150,6 +151,9 @@ def test_report_has_captioned_figures_and_tables_by_stage(pipeline):
     assert "(8 images) with its AIS estimate of log p(x) (3 steps x 2 chains)" in captions[
         run.format(method="vae") + "/eval_per_image.csv"]
     assert captions["results/scale/samples_and_curves.png"].startswith("Left panels: Bernoulli means of each model")
+    assert captions[run.format(method="vae") + "/curves.png"].startswith(
+        "Training and validation curves of vae on mnist, z = 2, seed 0, against the training step: (a) the ELBO, "
+        "during training the mean over each 5-step window")
     assert items["results/scale/samples_and_curves.png"]["mime_type"] == "image/png"
     assert "All runs of preset scale" in captions["results/scale/summary.csv"]
     assert "Adversarial Variational Bayes" in html and "<strong>scale</strong>" in html  # the workflow description

@@ -3,6 +3,8 @@
 # AIS-budget study, the per-run figures, and the report over all runs. Targets are added to `rule all` via
 # MNIST_TARGETS. Its functions (what each job reads, resolved per run) are in common.smk.
 RUN = f"{OUT}/{avb_layout.RUN}"
+# Validation during training (config `monitor.val_every` > 0): training then writes val_metrics.csv and model.best.pt.
+VALIDATE = avb_jobs.validates(config)
 
 
 wildcard_constraints:
@@ -30,7 +32,10 @@ MNIST_TARGETS = [
 # moving the data retrains nothing. train_metrics.csv and checkpoint.pt are rewritten atomically at every
 # checkpoint; a killed job leaves model.pt missing and the job marked incomplete, so no rerun trusts its outputs, and
 # the rerun (--rerun-incomplete, in both profiles) resumes from checkpoint.pt (not an output: Snakemake never
-# deletes it).
+# deletes it). With `monitor` on (TensorBoard, validation; avb/monitor.py) config.json holds the monitor section too:
+# turning it on reruns training, which continues from the checkpoint (monitoring never restarts a run); TensorBoard's
+# event files (<run>/tensorboard/) are no output. With validation, val_metrics.csv and model.best.pt (the weights of
+# the best validation ELBO, beside model.pt) are outputs too.
 
 
 rule run_config:
@@ -61,6 +66,8 @@ rule train:
             subcategory="{dataset}, z = {z_dim}",
             labels={"method": "{method}", "seed": "{seed}", "file": "train_metrics.csv"},
         ),
+        val=f"{RUN}/val_metrics.csv" if VALIDATE else [],
+        best=f"{RUN}/model.best.pt" if VALIDATE else [],
     log:
         f"{RUN}/logs/train.log",
     benchmark:
@@ -279,12 +286,15 @@ rule report:
         )
 
 
-# Per run: the Figure 7 replica (64 training images beside the decoder's Bernoulli means at 64 prior draws) and 8
+# Per run: the Figure 7 replica (64 training images beside the decoder's Bernoulli means at 64 prior draws), 8
 # latent interpolations between pairs of test images (one posterior draw per image, as the official training
-# script), PNG + PDF. Its own rule, so a run's figures rerun only when its model does.
+# script) and the training curves with, where validation is on, the validation ELBO / IWAE (curves.png), PNG + PDF.
+# Its own rule, so a run's figures rerun only when its training does.
 rule run_figures:
     input:
-        f"{RUN}/model.pt",
+        model=f"{RUN}/model.pt",
+        metrics=f"{RUN}/train_metrics.csv",
+        val=f"{RUN}/val_metrics.csv" if VALIDATE else [],
     output:
         fig7=report(
             f"{RUN}/fig7.png",
@@ -302,6 +312,14 @@ rule run_figures:
             labels={"method": "{method}", "seed": "{seed}", "file": "interpolations.png"},
         ),
         interp_pdf=f"{RUN}/interpolations.pdf",
+        curves=report(
+            f"{RUN}/curves.png",
+            caption="../report/curves.rst",
+            category="1. Training",
+            subcategory="{dataset}, z = {z_dim}",
+            labels={"method": "{method}", "seed": "{seed}", "file": "curves.png"},
+        ),
+        curves_pdf=f"{RUN}/curves.pdf",
     log:
         f"{RUN}/logs/run_figures.log",
     benchmark:
@@ -315,9 +333,11 @@ rule run_figures:
     params:
         **AVB_PARAMS,
         data=data_dir,
+        resolved=lambda w, input: run_config(w),  # for the report's caption (untracked: config.json is)
     shell:
         avb(
-            "figures {input:q} --out-fig7 {output.fig7:q} {output.fig7_pdf:q} "
-            "--out-interp {output.interp:q} {output.interp_pdf:q} --data-dir={params.data:q} --threads 1 "
-            "> {log:q} 2>&1"
+            "figures {input.model:q} --out-fig7 {output.fig7:q} {output.fig7_pdf:q} "
+            "--out-interp {output.interp:q} {output.interp_pdf:q} --metrics {input.metrics:q} "
+            "--val-metrics {input.val:q} --out-curves {output.curves:q} {output.curves_pdf:q} "
+            "--data-dir={params.data:q} --threads 1 > {log:q} 2>&1"
         )

@@ -100,7 +100,7 @@ rule schools_kl:
         png=report(
             f"{SCHOOLS}/kl_iterations.png",
             caption="../report/schools_kl.rst",
-            category="6. Eight schools (Figure 3)",
+            category="6. Eight schools",
             labels={"file": "kl_iterations.png", "content": "Figure 3 replica"},
         ),
         pdf=f"{SCHOOLS}/kl_iterations.pdf",
@@ -131,12 +131,25 @@ rule schools_report:
         kl=rules.schools_kl.output.csv,
         fits=expand(f"{SCHOOLS}/{{schools_method}}/fit.json", schools_method=SCHOOLS_METHODS),
         samples=expand(f"{SCHOOLS}/{{schools_method}}/samples.npz", schools_method=SCHOOLS_METHODS),
+        metrics=expand(f"{SCHOOLS}/{{schools_method}}/train_metrics.csv", schools_method=SCHOOLS_METHODS),
     output:
         csv=f"{SCHOOLS}/summary.csv",
         md=f"{SCHOOLS}/summary.md",
         params=f"{SCHOOLS}/per_parameter.csv",
-        png=f"{SCHOOLS}/mu_tau.png",
+        png=report(
+            f"{SCHOOLS}/mu_tau.png",
+            caption="../report/schools_mu_tau.rst",
+            category="6. Eight schools",
+            labels={"file": "mu_tau.png", "content": "figure"},
+        ),
         pdf=f"{SCHOOLS}/mu_tau.pdf",
+        curves=report(
+            f"{SCHOOLS}/training_curves.png",
+            caption="../report/schools_curves.rst",
+            category="6. Eight schools",
+            labels={"file": "training_curves.png", "content": "figure"},
+        ),
+        curves_pdf=f"{SCHOOLS}/training_curves.pdf",
     log:
         f"{SCHOOLS}/logs/report.log",
     conda:
@@ -151,5 +164,6 @@ rule schools_report:
         avb(
             "schools report --gold-npz {input.npz:q} --gold-json {input.json:q} --fits {input.fits:q} "
             "--config {input.settings:q} --out-csv {output.csv:q} --out-md {output.md:q} --out-params {output.params:q} "
-            "--out-fig {output.png:q} --kl-curve {input.kl:q} --threads {threads} > {log:q} 2>&1"
+            "--out-fig {output.png:q} --kl-curve {input.kl:q} --metrics {input.metrics:q} "
+            "--out-curves {output.curves:q} {output.curves_pdf:q} --threads {threads} > {log:q} 2>&1"
         )

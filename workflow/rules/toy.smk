@@ -105,19 +105,32 @@ rule toy_report:
     input:
         evals=toy_files("eval.json"),
         arrays=toy_files("eval.npz"),
+        metrics=toy_files("train_metrics.csv"),
     output:
         csv=f"{TOY}/summary.csv",
         md=f"{TOY}/summary.md",
-        png=f"{TOY}/latent_space.png",
+        png=report(
+            f"{TOY}/latent_space.png",
+            caption="../report/toy_latent_space.rst",
+            category="5. Toy",
+            labels={"file": "latent_space.png", "content": "figure"},
+        ),
         pdf=f"{TOY}/latent_space.pdf",
         table1_csv=f"{TOY}/table1.csv",
         table1_md=report(
             f"{TOY}/table1.md",
             caption="../report/toy_table1.rst",
-            category="5. Toy (Table 1)",
+            category="5. Toy",
             labels={"file": "table1.md", "content": "Table 1 replica"},
         ),
         table1_tex=f"{TOY}/table1.tex",
+        curves=report(
+            f"{TOY}/training_curves.png",
+            caption="../report/toy_curves.rst",
+            category="5. Toy",
+            labels={"file": "training_curves.png", "content": "figure"},
+        ),
+        curves_pdf=f"{TOY}/training_curves.pdf",
     log:
         f"{TOY}/logs/report.log",
     benchmark:
@@ -134,5 +147,6 @@ rule toy_report:
         avb(
             "toy report --evals {input.evals:q} --npz {input.arrays:q} --out-csv {output.csv:q} --out-md {output.md:q} "
             "--out-png {output.png:q} --out-pdf {output.pdf:q} "
-            "--out-table1 {output.table1_csv:q} {output.table1_md:q} {output.table1_tex:q} > {log:q} 2>&1"
+            "--out-table1 {output.table1_csv:q} {output.table1_md:q} {output.table1_tex:q} "
+            "--metrics {input.metrics:q} --out-curves {output.curves:q} {output.curves_pdf:q} > {log:q} 2>&1"
         )
