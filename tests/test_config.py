@@ -334,7 +334,7 @@ def test_help_lists_every_command_on_one_line_and_version_is_the_package_version
     assert info.value.code == 0
     out = capsys.readouterr().out
     commands = ["train", "evaluate", "convergence", "report", "figures", "schools", "toy", "paper", "claims",
-                "readme", "check-config"]
+                "readme", "check-config", "plan"]
     for cmd in commands:
         line = re.search(rf"^    {re.escape(cmd)} +(\S.*)$", out, re.M)
         assert line and len(line.group(1)) > 10, (cmd, out)
