@@ -25,9 +25,11 @@ import torch
 from torch import nn
 
 from . import convnets
-from .nets import (X_DIM, ConditionalGaussian, Decoder, GaussianEncoder, IAFEncoder, IAFFlow, ImplicitEncoder,
-                   InnerProductAdversary, NoiseBasisEncoder, NoiseInjectedMLP, ResidualAdversary, linear, mlp)
-from .objectives import AVB, IAF, LOG_2PI, VAE, AuxVAE, GaussianVI, Method
+from .auxvae import AuxVAE, ConditionalGaussian
+from .iaf import IAF, IAFEncoder, IAFFlow
+from .nets import (X_DIM, Decoder, GaussianEncoder, ImplicitEncoder, InnerProductAdversary, NoiseBasisEncoder,
+                   NoiseInjectedMLP, ResidualAdversary, linear, mlp)
+from .objectives import AVB, LOG_2PI, VAE, GaussianVI, Method
 
 EXPERIMENTS = ("images", "toy", "schools")
 METHODS = ("vae", "avb", "avb_ac", "iaf", "auxvae")  # of the image experiment

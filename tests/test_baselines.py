@@ -30,7 +30,9 @@ from torch import nn
 from avb import experiments as ex
 from avb import objectives as ob
 from avb.ais import estimate_log_likelihood
-from avb.nets import IAFFlow, X_DIM
+from avb.auxvae import AuxVAE
+from avb.iaf import IAF, IAFFlow
+from avb.nets import X_DIM
 
 K = 4.0  # standard errors
 
@@ -99,7 +101,7 @@ def test_iaf_log_det_equals_autograd_jacobian():
 
 def test_iaf_masks_are_the_official_degrees():
     """M1[d, k] = m_k >= d, M2[k, d] = m_k < d, M3[i, j] = j > i, with degrees m_k in 1..z_dim-1; z_dim 1 refused."""
-    from avb.nets import made_masks
+    from avb.iaf import made_masks
     m1, m2, m3 = made_masks(6, 50, torch.Generator().manual_seed(0))
     deg = m1.sum(0)                      # unit k sees inputs 1..m_k: its degree
     assert deg.min() >= 1 and deg.max() <= 5
@@ -295,7 +297,7 @@ class Problem:
     def rand(self, *shape, scale=1.0):
         return scale * torch.randn(*shape, generator=self.g)
 
-    def auxvae(self) -> ob.AuxVAE:
+    def auxvae(self) -> AuxVAE:
         """q(a|x), r(a|x~, z) arbitrary linear-Gaussian; q(z|x, a) = N(m(x) + Q a, (1.3 sqrt diag S)^2): a
         deliberately imperfect encoder whose mean moves with a."""
         enc_aux = LinearGaussian(self.rand(A, D, scale=0.5), self.rand(A, scale=0.3), self.rand(A, scale=0.3))
@@ -303,14 +305,14 @@ class Problem:
         enc = LinearGaussian(self.M.clone(), -(self.M @ self.b), torch.log(1.3 * torch.diag(self.S).sqrt()), Q)
         dec_aux = LinearGaussian(self.rand(A, D, scale=0.5), self.rand(A, scale=0.3), self.rand(A, scale=0.3),
                                  self.rand(A, Z, scale=0.5))
-        return ob.AuxVAE(Z, A, self.decoder, enc, enc_aux, dec_aux, loss_scale=1.0)
+        return AuxVAE(Z, A, self.decoder, enc, enc_aux, dec_aux, loss_scale=1.0)
 
-    def iaf(self, layers: int = 2) -> ob.IAF:
+    def iaf(self, layers: int = 2) -> IAF:
         """Base N(m(x) + 0.2, (1.3 sqrt diag S)^2), a linear context, ``layers`` IAF layers at their initial weights."""
         base = LinearGaussian(self.M.clone(), -(self.M @ self.b) + 0.2, torch.log(1.3 * torch.diag(self.S).sqrt()))
         torch.manual_seed(0)
         flow = IAFFlow(Z, layers, 8, 3)
-        return ob.IAF(Z, self.decoder, LinearIAFEncoder(base, self.rand(3, D, scale=0.5)), flow, loss_scale=1.0)
+        return IAF(Z, self.decoder, LinearIAFEncoder(base, self.rand(3, D, scale=0.5)), flow, loss_scale=1.0)
 
 
 def expected_log_normal(G, g, log_std, mu, Sigma) -> torch.Tensor:
@@ -320,7 +322,7 @@ def expected_log_normal(G, g, log_std, mu, Sigma) -> torch.Tensor:
     return (-0.5 * second * torch.exp(-2 * log_std) - log_std - 0.5 * math.log(2 * math.pi)).sum()
 
 
-def auxvae_elbo_closed_form(p: Problem, model: ob.AuxVAE, x: torch.Tensor, r_sees_data: bool = False) -> float:
+def auxvae_elbo_closed_form(p: Problem, model: AuxVAE, x: torch.Tensor, r_sees_data: bool = False) -> float:
     """E over q(a|x) q(z|x, a) p(x~|z) of log p(x|z) + log p(z) + log r(a|x~, z) - log q(a|x) - log q(z|x, a), by
     Gaussian integrals over v = (a, z, x~). ``r_sees_data``: the tempting misreading r(a|x, z) (the control)."""
     qa, qz, r = model.encoder_aux, model.encoder, model.decoder_aux
