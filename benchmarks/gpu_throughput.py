@@ -47,14 +47,15 @@ from pathlib import Path
 from typing import Any, Callable
 
 import torch
-import torch.nn.functional as F
 import yaml
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(ROOT / "benchmarks"))
 
 from avb import config as avb_config  # noqa: E402
 from avb.jobs import eval_config, train_config  # noqa: E402
+from naive_step import NaiveStep  # noqa: E402
 
 METHODS = ("vae", "avb", "avb_ac")
 Z_DIM, DATASET = 8, "mnist"
@@ -175,59 +176,17 @@ def timed(fn: Callable[[], None], dev: torch.device, warmup: int, reps: int, tar
 
 
 # ------------------------------------------------------------------------------------------ the naive step
-class NaiveStep:
-    """The method's training step written out over the model's modules: eager, default Adam, nothing else."""
-
-    def __init__(self, model, method: str, tr: dict[str, Any]):
-        self.method, self.enc, self.dec = method, model.encoder, model.decoder
-        self.adv = getattr(model, "adversary", None)
-        self.params_a = list(self.adv.parameters()) if self.adv is not None else []
-        self.params_p = list(self.enc.parameters()) + list(self.dec.parameters())
-        betas = (tr["adam_beta1"], 0.999)
-        self.opt_p = torch.optim.Adam(self.params_p, lr=tr["lr"], betas=betas)
-        self.opt_a = torch.optim.Adam(self.params_a, lr=tr["lr_adversary"], betas=betas) if self.adv else None
-        model.train()
-
-    def losses(self, x: torch.Tensor):
-        if self.method == "vae":
-            mean, log_std = self.enc(x)
-            z = mean + torch.randn_like(mean) * torch.exp(log_std)
-            kl = 0.5 * (mean * mean + torch.exp(2 * log_std) - 1.0 - 2 * log_std).sum(-1)
-            recon = F.binary_cross_entropy_with_logits(self.dec(z), x, reduction="none").sum(-1)
-            return (recon + kl).mean() / 784, None
-        if self.method == "avb":
-            z = self.enc(x)
-            t_q, t_p = self.adv(x, z, torch.randn_like(z))
-            kl = t_q
-        else:
-            from avb.objectives import AC_VAR_FLOOR
-            z, mean, var = self.enc(x)
-            mu, sigma = mean.detach(), torch.sqrt(var.detach() + AC_VAR_FLOOR)
-            z_bar = (z - mu) / sigma
-            t_q, t_p = self.adv(x, z_bar, torch.randn_like(z))
-            kl = t_q - 0.5 * (z_bar * z_bar + 2 * torch.log(sigma) - z * z).sum(-1)  # + log r(z|x) - log p(z)
-        recon = F.binary_cross_entropy_with_logits(self.dec(z), x, reduction="none").sum(-1)
-        adv = F.binary_cross_entropy_with_logits(t_q, torch.ones_like(t_q)) \
-            + F.binary_cross_entropy_with_logits(t_p, torch.zeros_like(t_p))
-        return (recon + kl).mean() / 784, adv
-
-    def __call__(self, x: torch.Tensor) -> None:
-        primal, adv = self.losses(x)
-        self.opt_p.zero_grad(set_to_none=True)
-        if adv is not None:
-            self.opt_a.zero_grad(set_to_none=True)
-            adv.backward(inputs=self.params_a, retain_graph=True)
-        primal.backward(inputs=self.params_p)
-        self.opt_p.step()
-        if adv is not None:
-            self.opt_a.step()
+def naive_step(model, method: str, tr: dict[str, Any]) -> NaiveStep:
+    """The shared naive step (``benchmarks/naive_step.py``) with the row's learning rates and beta1 (a VAE row has
+    no adversary rate)."""
+    return NaiveStep(model, method, tr["lr"], tr.get("lr_adversary", tr["lr"]), (tr["adam_beta1"], 0.999))
 
 
 def naive_images_per_s(run: dict[str, Any], dev: torch.device, use_tf32: bool, smoke: bool) -> float:
     from avb.experiments import build
     torch.manual_seed(0)
     model = build(run).to(dev)
-    step, batches = NaiveStep(model, run["method"], run["train"]), SyntheticBatches(run["train"]["batch_size"], dev)
+    step, batches = naive_step(model, run["method"], run["train"]), SyntheticBatches(run["train"]["batch_size"], dev)
     with tf32(use_tf32):
         t = timed(lambda: step(next(batches)), dev, warmup=1 if smoke else 3, reps=1 if smoke else 5,
                   target_s=0.0 if smoke else 0.3)

@@ -30,13 +30,13 @@ import time
 from pathlib import Path
 
 import torch
-import torch.nn.functional as F
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from avb.experiments import build  # noqa: E402
-from avb.objectives import AC_VAR_FLOOR  # noqa: E402
 from avb.train import step_metrics, train_step  # noqa: E402
+from naive_step import NaiveStep  # noqa: E402
 
 METHODS = ("vae", "avb", "avb_ac")
 MODEL = {"arch": "mlp", "hidden": 300, "eps_dim": 32, "eps_nbasis": 16, "adv_hidden": 256, "adv_embed": 256,
@@ -57,53 +57,6 @@ class Project:
     def step(self, x):
         s = train_step(self.model, x, self.opt_p, self.opt_a, self.params_p, self.params_a, 1, None)
         step_metrics(s)
-
-
-class Bare:
-    """A hand-written loop over the same modules: inline objective, two Adams, one simultaneous update."""
-
-    def __init__(self, model, method):
-        self.method = method
-        self.enc, self.dec = model.encoder, model.decoder
-        self.adv = getattr(model, "adversary", None)
-        self.params_a = list(self.adv.parameters()) if self.adv is not None else []
-        self.params_p = list(self.enc.parameters()) + list(self.dec.parameters())
-        self.opt_p = torch.optim.Adam(self.params_p, lr=LR, betas=BETAS)
-        self.opt_a = torch.optim.Adam(self.params_a, lr=LR_ADV, betas=BETAS) if self.adv is not None else None
-        model.train()
-
-    def losses(self, x):
-        if self.method == "vae":
-            mean, log_std = self.enc(x)
-            z = mean + torch.randn_like(mean) * torch.exp(log_std)
-            kl = 0.5 * (mean * mean + torch.exp(2 * log_std) - 1.0 - 2 * log_std).sum(-1)
-            recon = F.binary_cross_entropy_with_logits(self.dec(z), x, reduction="none").sum(-1)
-            return (recon + kl).mean() / X_DIM, None
-        if self.method == "avb":
-            z = self.enc(x)
-            t_q, t_p = self.adv(x, z, torch.randn_like(z))
-            kl = t_q
-        else:
-            z, mean, var = self.enc(x)
-            mu, sigma = mean.detach(), torch.sqrt(var.detach() + AC_VAR_FLOOR)
-            z_bar = (z - mu) / sigma
-            t_q, t_p = self.adv(x, z_bar, torch.randn_like(z))
-            kl = t_q - 0.5 * (z_bar * z_bar + 2 * torch.log(sigma) - z * z).sum(-1)  # + log r(z|x) - log p(z)
-        recon = F.binary_cross_entropy_with_logits(self.dec(z), x, reduction="none").sum(-1)
-        adv = F.binary_cross_entropy_with_logits(t_q, torch.ones_like(t_q)) \
-            + F.binary_cross_entropy_with_logits(t_p, torch.zeros_like(t_p))
-        return (recon + kl).mean() / X_DIM, adv
-
-    def step(self, x):
-        primal, adv = self.losses(x)
-        self.opt_p.zero_grad(set_to_none=True)
-        if adv is not None:
-            self.opt_a.zero_grad(set_to_none=True)
-            adv.backward(inputs=self.params_a, retain_graph=True)
-        primal.backward(inputs=self.params_p)
-        self.opt_p.step()
-        if adv is not None:
-            self.opt_a.step()
 
 
 def chunk(side, xs, n):
@@ -130,7 +83,7 @@ def main(argv=None):
     for method in a.methods:
         torch.manual_seed(1)
         model = build({"method": method, "z_dim": Z_DIM, "model": MODEL})
-        proj, bare = Project(model), Bare(copy.deepcopy(model), method)
+        proj, bare = Project(model), NaiveStep(copy.deepcopy(model), method, LR, LR_ADV, BETAS)
         chunk(proj, xs, a.warmup)
         steps = max(3, round(a.chunk * a.warmup / chunk(bare, xs, a.warmup)))
         t_proj, t_bare = [], []

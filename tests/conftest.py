@@ -16,6 +16,15 @@ def _deterministic():
     yield
 
 
+@pytest.fixture
+def one_thread():
+    """Every run of a comparison with one thread (float reductions then agree across processes)."""
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
+
 def pytest_collection_modifyitems(config, items):
     if torch.cuda.is_available():
         return

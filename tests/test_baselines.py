@@ -29,6 +29,7 @@ from torch import nn
 
 from avb import experiments as ex
 from avb import objectives as ob
+from linear_gaussian import LinearGaussianDecoder
 from avb.ais import estimate_log_likelihood
 from avb.auxvae import AuxVAE
 from avb.iaf import IAF, IAFFlow
@@ -37,12 +38,7 @@ from avb.nets import X_DIM
 K = 4.0  # standard errors
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_thread")  # small networks: one thread is faster and steadier
 
 
 def mc(values: torch.Tensor) -> tuple[float, float]:
@@ -230,24 +226,6 @@ def test_iaf_flow_is_untrained_as_coded_unless_asked():
 D, Z, A = 4, 2, 3   # x, z and auxiliary a dimensions
 
 
-class LinearGaussianDecoder(nn.Module):
-    """p(x|z) = N(W z + b, s^2 I) (buffers); draws x~ = W z + b + s Phi^-1(u) from uniforms u."""
-
-    def __init__(self, W: torch.Tensor, b: torch.Tensor, s: float):
-        super().__init__()
-        self.register_buffer("W", W)
-        self.register_buffer("b", b)
-        self.s = s
-
-    def forward(self, z):
-        return z @ self.W.T + self.b
-
-    def log_likelihood(self, x, z):
-        return ob.log_normal(x, self(z), self.s)
-
-    def log_likelihood_and_draw(self, x, z, u):
-        mean = self(z)
-        return ob.log_normal(x, mean, self.s), mean.detach() + self.s * torch.special.ndtri(u)
 
 
 class LinearGaussian(nn.Module):

@@ -78,15 +78,6 @@ def run_config(method="avb_ac", steps=40, **train):
     return _tiny_run(method, steps, **{"checkpoint_every": 7, "log_every": 3, **train})
 
 
-@pytest.fixture
-def one_thread():
-    """Every run of a comparison with one thread (float reductions then agree across processes)."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
-
 def weights(path):
     return io.load_torch(path)["model"]
 

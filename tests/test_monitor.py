@@ -2,10 +2,8 @@
 files, validation bounds on the validation split with the best-validation checkpoint; off by default, and then
 nothing of a run changes."""
 import copy
-import csv
 import errno
 import math
-import os
 from pathlib import Path
 
 import pandas as pd
@@ -39,14 +37,6 @@ def same(a, b):
 
 def table(path, drop=()):
     return pd.read_csv(path).drop(columns=list(drop))
-
-
-@pytest.fixture
-def one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
 
 
 # ------------------------------------------------------------------------------------------------- CSV appends

@@ -21,18 +21,13 @@ from torch import nn
 import torch.nn.functional as F
 
 from avb import objectives as ob
+from linear_gaussian import LinearGaussianDecoder
 from avb.nets import mlp
 
 K = 4.0  # standard errors; |N(0,1)| > 4 has probability 6e-5, and every seed is fixed anyway
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    """Small networks and a shared machine: one thread is faster and steadier than two."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_thread")  # small networks: one thread is faster and steadier
 
 
 def mc(values: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -325,20 +320,6 @@ def test_project_ac_estimate_with_optimal_adversary_is_unbiased_for_non_gaussian
 # (d) AVB on a linear-Gaussian model with a tractable posterior
 # ----------------------------------------------------------------------------------------------------------------
 
-class LinearGaussianDecoder(nn.Module):
-    """p(x|z) = N(W z + b, s^2 I), fixed (buffers, not parameters: only the encoder and adversary learn)."""
-
-    def __init__(self, W: torch.Tensor, b: torch.Tensor, s: float):
-        super().__init__()
-        self.register_buffer("W", W)
-        self.register_buffer("b", b)
-        self.s = s
-
-    def forward(self, z):
-        return z @ self.W.T + self.b
-
-    def log_likelihood(self, x, z):
-        return ob.log_normal(x, self(z), self.s)
 
 
 class NoiseEncoder(nn.Module):
