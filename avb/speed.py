@@ -9,7 +9,8 @@ resumes as before). What each one changes:
   and the Adam updates stay outside it, on the fp32 master weights), with TF32 for what stays fp32 on CUDA.
 * ``compile``: ``none`` (default: eager); else ``torch.compile`` of the model's forward pass and losses (the
   backward is compiled with it by AOTAutograd; the optimiser steps stay eager) in that mode: ``default``,
-  ``reduce-overhead`` (CUDA graphs) or ``max-autotune``.
+  ``reduce-overhead`` (CUDA graphs) or ``max-autotune``. Inductor draws the forward pass's random numbers itself
+  (not from torch's global stream), so a compiled run is another draw of the same training.
 * ``channels_last``: conv nets on CUDA only: the model's 4-d weights in channels-last (NHWC) memory format.
 * ``cudnn_benchmark``: conv nets on CUDA only: ``torch.backends.cudnn.benchmark`` for the job (cuDNN times its
   convolution algorithms at the first batch and keeps the fastest; not deterministic across runs).

@@ -25,6 +25,11 @@ A run always finishes and never runs a stranger's code:
   ``TrainingInterrupted`` (the CLI exits non-zero, so a retry resumes).
 * A non-finite loss, or non-finite parameters after an update, stop the run with ``TrainingDiverged`` naming the run
   folder and the first non-finite step; no checkpoint is written after it, the last good one is kept.
+* No iteration waits for the device (issue 15): the metrics and the finiteness of the losses and parameters
+  accumulate on it (``StepMeter``) and are read in one transfer at each row, checkpoint, monitor pass (and each step
+  where ``on_step`` is given), before anything is written; a divergence is found there, up to ``log_every`` steps
+  after it happened, and still named by its first step. Speed options of ``train`` (precision, compile,
+  channels-last, cudnn.benchmark, the Adam kernel): ``avb.speed``.
 """
 from __future__ import annotations
 
