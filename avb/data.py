@@ -265,29 +265,57 @@ def binarize(images: np.ndarray | torch.Tensor, static: bool,
 
 
 class Batches:
-    """Endless shuffled minibatches of one split, binarised afresh on each read (unless static)."""
+    """Endless shuffled minibatches of one split, binarised afresh on each read (unless static).
+
+    On the host (the CPU path; default off CUDA): the images stay on the CPU, ``generator`` draws the order and the
+    binarisation, each batch is copied to ``device``. On the device (``on_device``; default on CUDA): the uint8
+    images go to ``device`` once, and the order and the binarisation are drawn there by a generator of the device's
+    own, seeded with ``generator.initial_seed()`` (``generator`` itself is not used); its state is part of
+    ``state_dict``, so a resumed run continues the same stream. The same draws as on the host (randperm, then
+    ``uniform <= pixel / 255``): on the CPU both paths give identical batches; CUDA's generator gives other numbers
+    from the same seed (reproducible on CUDA)."""
 
     def __init__(self, splits: Splits, split: str, batch_size: int, generator: torch.Generator,
-                 device: torch.device | str = "cpu"):
+                 device: torch.device | str = "cpu", on_device: bool | None = None):
         self.images = torch.as_tensor(splits.get(split))
         if batch_size > len(self.images):
             raise ValueError(f"batch_size {batch_size} exceeds the {len(self.images)} images of split {split!r}")
         self.static, self.batch_size, self.gen, self.device = splits.static, batch_size, generator, device
+        self.on_device = torch.device(device).type == "cuda" if on_device is None else on_device
+        if self.on_device:
+            self.images = self.images.to(device)
+            self.gen = torch.Generator(device=device).manual_seed(generator.initial_seed())
         self._perm: torch.Tensor | None = None
         self._pos = 0
 
     def state_dict(self) -> dict:
-        return {"perm": self._perm, "pos": self._pos}
+        if not self.on_device:
+            return {"perm": self._perm, "pos": self._pos}
+        return {"perm": None if self._perm is None else self._perm.cpu(), "pos": self._pos,
+                "gen": self.gen.get_state()}
 
     def load_state_dict(self, state: dict) -> None:
-        self._perm, self._pos = state["perm"], state["pos"]
+        perm = state["perm"]
+        if self.on_device:
+            perm = None if perm is None else perm.to(self.device)
+            if state.get("gen") is not None:  # absent: a checkpoint of the host path (another device)
+                self.gen.set_state(state["gen"])
+        self._perm, self._pos = perm, state["pos"]
 
     def __next__(self) -> torch.Tensor:
+        n = len(self.images)
         if self._perm is None or self._pos + self.batch_size > len(self._perm):
-            self._perm, self._pos = torch.randperm(len(self.images), generator=self.gen), 0
+            self._perm = (torch.randperm(n, generator=self.gen, device=self.device) if self.on_device
+                          else torch.randperm(n, generator=self.gen))
+            self._pos = 0
         idx = self._perm[self._pos:self._pos + self.batch_size]
         self._pos += self.batch_size
-        return binarize(self.images[idx], self.static, self.gen).to(self.device)
+        if not self.on_device:
+            return binarize(self.images[idx], self.static, self.gen).to(self.device)
+        x = self.images[idx].reshape(len(idx), -1)
+        if self.static:
+            return x.float()
+        return (torch.rand(x.shape, generator=self.gen, device=self.device) <= x.float() / 255.0).float()
 
     def __iter__(self):
         return self

@@ -23,6 +23,7 @@ from .config import ConfigError, choices, defaults, run_config
 # known to be unread are dropped: a key added to the schema later is kept (it reruns too much, never too little).
 ADVERSARY_TRAIN_KEYS = ("lr_adversary", "adversary_steps")
 ADVERSARY_FREE = ("vae", "iaf", "auxvae")   # the image methods without an adversary
+SPEED_KEYS = ("precision", "compile", "channels_last", "cudnn_benchmark", "adam")  # avb.speed's train options
 
 
 def unread_model_keys(method: str, model: dict[str, Any]) -> set[str]:
@@ -81,10 +82,12 @@ def train_config(cfg: dict[str, Any], dataset: str, method: str, z_dim: int, see
     """What training reads (written to the run's ``config.json``; ``avb.train.fit`` keys its checkpoint on it):
     the wildcards, the dataset's content checksum, the ``model`` / ``train`` keys the method reads and, only where
     monitoring is on (TensorBoard or validation), the ``monitor`` section (``fit`` ignores it when it decides
-    whether a checkpoint can be continued). With monitoring off, config.json is as it was without it."""
+    whether a checkpoint can be continued). With monitoring off, config.json is as it was without it; so it is
+    with the train speed options (``avb.speed``) at their defaults, which are left out."""
     run = run_config(cfg, dataset, method, z_dim, seed)
     unread = unread_model_keys(method, run["model"])
-    train = {k: v for k, v in run["train"].items() if method not in ADVERSARY_FREE or k not in ADVERSARY_TRAIN_KEYS}
+    train = {k: v for k, v in run["train"].items() if (method not in ADVERSARY_FREE or k not in ADVERSARY_TRAIN_KEYS)
+             and not (k in SPEED_KEYS and v == defaults("train")[k])}  # speed options at their defaults: unset
     out = {"method": method, "dataset": dataset, "z_dim": int(z_dim), "seed": int(seed),
            "data_sha256": DATASET_SHA256[dataset],
            "model": {k: v for k, v in run["model"].items() if k not in unread}, "train": train}

@@ -189,6 +189,14 @@ class Monitor:
         if self.tb is not None:
             self.tb.scalars("train", row, int(row["step"]))
 
+    def due(self, step: int, n_steps: int) -> bool:
+        """Whether ``after_step(model, step, n_steps)`` does anything (reads the model): the loop checks the
+        parameters are finite before it does."""
+        if self.validator is not None and self.validator.due(step, n_steps):
+            return True
+        return self.tb is not None and (step == n_steps or (self.settings["sample_every"] > 0
+                                                            and step % self.settings["sample_every"] == 0))
+
     def after_step(self, model: torch.nn.Module, step: int, n_steps: int) -> float:
         """After iteration ``step``: a validation pass and a sample grid where they are due. Returns the seconds
         they took (0.0 when nothing was due), which the loop leaves out of its throughput."""

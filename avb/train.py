@@ -25,6 +25,11 @@ A run always finishes and never runs a stranger's code:
   ``TrainingInterrupted`` (the CLI exits non-zero, so a retry resumes).
 * A non-finite loss, or non-finite parameters after an update, stop the run with ``TrainingDiverged`` naming the run
   folder and the first non-finite step; no checkpoint is written after it, the last good one is kept.
+* No iteration waits for the device (issue 15): the metrics and the finiteness of the losses and parameters
+  accumulate on it (``StepMeter``) and are read in one transfer at each row, checkpoint, monitor pass (and each step
+  where ``on_step`` is given), before anything is written; a divergence is found there, up to ``log_every`` steps
+  after it happened, and still named by its first step. Speed options of ``train`` (precision, compile,
+  channels-last, cudnn.benchmark, the Adam kernel): ``avb.speed``.
 """
 from __future__ import annotations
 
@@ -35,14 +40,14 @@ import os
 import signal
 import threading
 import time
-from contextlib import contextmanager
+from contextlib import contextmanager, nullcontext
 from pathlib import Path
 from typing import Any, Callable, Iterator, Protocol, Sequence
 
 import torch
 from tqdm.auto import tqdm
 
-from . import io
+from . import io, speed
 from .experiments import batches as make_batches, build
 from .monitor import CsvLog, Monitor, write_rows
 from .objectives import Method, Step
@@ -72,10 +77,14 @@ def resolve_device(name: str) -> torch.device:
 
 
 def make_optimizers(model: Method, tr: dict[str, Any]) -> tuple[torch.optim.Adam, torch.optim.Adam | None]:
+    """The primal and adversary Adam (None without an adversary); ``train.adam`` picks the implementation
+    (``avb.speed.adam_kwargs``: torch's default on the CPU unless set)."""
     betas = (tr["adam_beta1"], 0.999)
-    primal = torch.optim.Adam(model.primal_parameters(), lr=tr["lr"], betas=betas)
+    params = list(model.parameters())
+    kw = speed.adam_kwargs(speed.options(tr), params[0].device if params else torch.device("cpu"))
+    primal = torch.optim.Adam(model.primal_parameters(), lr=tr["lr"], betas=betas, **kw)
     adv = model.adversary_parameters()
-    return primal, (torch.optim.Adam(adv, lr=tr["lr_adversary"], betas=betas) if adv else None)
+    return primal, (torch.optim.Adam(adv, lr=tr["lr_adversary"], betas=betas, **kw) if adv else None)
 
 
 def _check_finite(step: int, **losses: torch.Tensor | None) -> None:
@@ -87,19 +96,29 @@ def _check_finite(step: int, **losses: torch.Tensor | None) -> None:
 
 def train_step(model: Method, x: torch.Tensor, opt_p: torch.optim.Optimizer, opt_a: torch.optim.Optimizer | None,
                params_p: list[torch.nn.Parameter], params_a: list[torch.nn.Parameter], adversary_steps: int = 1,
-               next_batch: Callable[[], torch.Tensor] | None = None, step: int = 0) -> Step:
+               next_batch: Callable[[], torch.Tensor] | None = None, step: int = 0, check: bool = True,
+               record: Callable[[Step], None] | None = None,
+               forward_context: Callable[[], Any] = nullcontext) -> Step:
     """One training iteration exactly as the loop runs it; returns the ``Step`` of the joint update.
 
     One forward pass on ``x`` gives both losses; the adversary's gradient (w.r.t. ``params_a`` only) and the primal
     gradient (w.r.t. ``params_p`` only) are taken from it and both Adam steps are applied together (the official
     simultaneous update). With ``adversary_steps = k > 1`` the adversary then gets k - 1 further updates, each on a
-    fresh batch from ``next_batch``. A non-finite loss raises ``TrainingDiverged`` naming ``step`` (the 1-based
-    number of this iteration) before any parameter changes.
+    fresh batch from ``next_batch``. With ``check`` a non-finite loss raises ``TrainingDiverged`` naming ``step``
+    (the 1-based number of this iteration) before any parameter changes: one host read per step. The loop passes
+    ``check=False`` and checks on the device instead (``StepMeter``), reading once per ``log_every``.
+    ``record(step)``, if given, sees the joint step's outputs right after its forward pass (before any later forward
+    pass may reuse their memory: CUDA graphs). Each forward pass runs inside ``forward_context()`` (bf16 autocast:
+    ``avb.speed.autocast``); the backward passes and updates run outside it.
     """
-    s = model(x)
-    losses = s.primal.detach() if s.adversary is None else torch.stack((s.primal.detach(), s.adversary.detach()))
-    if not bool(torch.isfinite(losses).all()):  # one check (one sync) for both losses; the error names the culprit
-        _check_finite(step, loss_primal=s.primal, loss_adversary=s.adversary)
+    with forward_context():
+        s = model(x)
+    if record is not None:
+        record(s)
+    if check:
+        losses = s.primal.detach() if s.adversary is None else torch.stack((s.primal.detach(), s.adversary.detach()))
+        if not bool(torch.isfinite(losses).all()):  # one check (one sync) for both losses; the error names it
+            _check_finite(step, loss_primal=s.primal, loss_adversary=s.adversary)
     opt_p.zero_grad(set_to_none=True)
     if opt_a is not None:
         opt_a.zero_grad(set_to_none=True)
@@ -109,26 +128,105 @@ def train_step(model: Method, x: torch.Tensor, opt_p: torch.optim.Optimizer, opt
     if opt_a is not None:
         opt_a.step()
         for _ in range(adversary_steps - 1):
-            extra = model(next_batch()).adversary
+            with forward_context():
+                extra = model(next_batch()).adversary
             opt_a.zero_grad(set_to_none=True)
             extra.backward(inputs=params_a)
             opt_a.step()
     return s
 
 
-def step_metrics(s: Step, params: Sequence[torch.Tensor] = ()) -> dict[str, float]:
-    """The per-step metrics the loop logs (losses, batch means of ELBO, recon, KL; adversary accuracy), read from
-    the device in one transfer. With ``params``, also ``param_sum``: the sum of every parameter, in the same
-    transfer; it is finite when all of them are (and overflows only for parameters near 1e38: diverged too)."""
+def metric_tensor(s: Step) -> tuple[list[str], torch.Tensor]:
+    """The per-step metrics the loop logs (losses first, then the batch means of ELBO, recon, KL; adversary
+    accuracy; those a method lacks left out) as their names and one float64 tensor on the step's device."""
     with torch.no_grad():
         vals = {"loss_primal": s.primal, "loss_adversary": s.adversary, "elbo": s.elbo.mean(),
                 "recon": s.recon.mean(), "kl": s.kl.mean(), "adv_accuracy": s.adv_accuracy}
         keys = [k for k, v in vals.items() if v is not None]
-        stacked = [vals[k].double() for k in keys]
-        if params:
-            keys.append("param_sum")
-            stacked.append(torch.stack([p.detach().sum() for p in params]).sum().double())
-        return dict(zip(keys, torch.stack(stacked).tolist()))
+        return keys, torch.stack([vals[k].detach().double() for k in keys])
+
+
+def parameter_sums(params: Sequence[torch.Tensor]) -> torch.Tensor:
+    """The sum of each parameter (their dtype): all finite, and so is their total, when the parameters are (the
+    total overflows only for parameters near 1e38: diverged too)."""
+    with torch.no_grad():
+        return torch.stack([p.detach().sum() for p in params])
+
+
+def step_metrics(s: Step, params: Sequence[torch.Tensor] = ()) -> dict[str, float]:
+    """``metric_tensor`` read from the device in one transfer. With ``params``, also ``param_sum``: the sum of
+    every parameter (``parameter_sums``), in the same transfer."""
+    keys, vec = metric_tensor(s)
+    if params:
+        keys = [*keys, "param_sum"]
+        vec = torch.cat([vec, parameter_sums(params).sum().double().view(1)])
+    return dict(zip(keys, vec.tolist()))
+
+
+class StepMeter:
+    """The loop's metrics and divergence check on the device, read in one transfer when the loop asks (``read``).
+
+    ``add`` after each iteration: the step's ``metric_tensor`` is added to float64 running sums (the order and
+    precision of the Python sums it replaces: rows are bit-identical), and the first step whose losses, or whose
+    parameters after the update (``parameter_sums``), are not all finite is recorded with those losses and sums
+    (``torch.where`` on a step counter kept on the device: no host read). ``read`` returns the sums since the last
+    ``reset`` and raises nothing; ``divergence`` turns what it read into the error's text.
+    """
+
+    def __init__(self, step: int, device: torch.device, sums: dict[str, float] | None = None):
+        self.device, self.resumed = device, dict(sums or {})
+        self.step = torch.full((), float(step), dtype=torch.float64, device=device)
+        self.keys: list[str] | None = None
+        self.sums: torch.Tensor | None = None
+        self.bad_step = torch.zeros((), dtype=torch.float64, device=device)
+        self.bad: torch.Tensor | None = None  # the first bad step's losses, then its parameter sums
+        self.n_losses = 0
+
+    def record(self, s: Step) -> None:
+        """The joint step's metrics (``train_step``'s ``record``): kept until ``add``."""
+        self.keys, self._vec = metric_tensor(s)
+        self.n_losses = 1 if s.adversary is None else 2
+
+    def add(self, params: Sequence[torch.Tensor]) -> None:
+        vec, ps = self._vec, parameter_sums(params)
+        self.step += 1
+        if self.sums is None:  # 0.0 + the first value, as the Python sums did (-0.0 becomes 0.0)
+            self.sums = (torch.tensor([self.resumed[k] for k in self.keys], dtype=torch.float64, device=self.device)
+                         if self.resumed else torch.zeros(len(self.keys), dtype=torch.float64, device=self.device))
+            self.resumed = {}
+        self.sums = self.sums + vec
+        losses = vec[:self.n_losses]
+        bad_now = ~(torch.isfinite(losses).all() & torch.isfinite(ps.sum()))
+        first = bad_now & (self.bad_step == 0)
+        self.bad_step = torch.where(first, self.step, self.bad_step)
+        new = torch.cat([losses, ps.double()])
+        self.bad = torch.where(first, new, new.new_zeros(()) if self.bad is None else self.bad)
+
+    def reset(self) -> None:
+        """Start new sums (after a row)."""
+        self.sums = None
+
+    def read(self) -> tuple[dict[str, float], int, list[float]]:
+        """(the sums since the last reset by name, the first non-finite step or 0, that step's losses and parameter
+        sums): one device-to-host transfer."""
+        if self.bad is None:  # nothing added yet
+            return dict(self.resumed), 0, []
+        sums = self.sums if self.sums is not None else self.bad.new_zeros(0)
+        n = len(sums)
+        vals = torch.cat([sums, self.bad_step.view(1), self.bad]).tolist()
+        return dict(zip(self.keys if n else [], vals[:n])), int(vals[n]), vals[n + 1:]
+
+    def divergence(self, bad_step: int, bad: list[float], names: Sequence[str]) -> str:
+        """What went wrong at ``bad_step`` (``read``), with ``names`` the parameters' names in ``add``'s order."""
+        for name, value in zip(("loss_primal", "loss_adversary")[:self.n_losses], bad[:self.n_losses]):
+            if not math.isfinite(value):
+                return f"step {bad_step}: {name} = {value} is not finite"
+        nonfinite = [n for n, v in zip(names, bad[self.n_losses:]) if not math.isfinite(v)]
+        if nonfinite:
+            return (f"step {bad_step}: parameters not finite after the update ({', '.join(nonfinite[:3])}"
+                    f"{' ...' if len(nonfinite) > 3 else ''}; the losses were finite)")
+        return (f"step {bad_step}: parameters diverged after the update (no NaN or inf, but their sum overflows: "
+                f"values near 1e38; the losses were finite)")
 
 
 def nonfinite_parameters(model: torch.nn.Module) -> list[str]:
@@ -252,7 +350,9 @@ def fit(model: Method, batches: BatchSource, data_gen: torch.Generator, run: dic
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     io.remove_stale_temps(out)
-    with stop_signals() as got_signal:
+    params = list(model.parameters())
+    device = params[0].device if params else torch.device("cpu")
+    with stop_signals() as got_signal, speed.job_flags(speed.options(run["train"]), device, model):
         mon = monitor if monitor is not None else Monitor(run, out)
         try:
             return _fit(model, batches, data_gen, run, out, progress, got_signal, on_step, mon)
@@ -264,6 +364,10 @@ def _fit(model: Method, batches: BatchSource, data_gen: torch.Generator, run: di
          progress: bool, got_signal: list[int], on_step: Callable[[int], None] | None, mon: Monitor) -> Path:
     tr = run["train"]
     n_steps, log_every = tr["steps"], tr["log_every"]
+    opts = speed.options(tr)
+    params_all = list(model.parameters())
+    device = params_all[0].device if params_all else torch.device("cpu")
+    speed.prepare(model, opts, device)  # channels-last before the optimisers see the parameters
     opt_p, opt_a = make_optimizers(model, tr)
     ckpt_path, metrics_path, final = out / "checkpoint.pt", out / "train_metrics.csv", out / "model.pt"
 
@@ -327,31 +431,31 @@ def _fit(model: Method, batches: BatchSource, data_gen: torch.Generator, run: di
         return TrainingDiverged(f"{out}: {msg}; training stopped, {kept}")
 
     params_p, params_a = model.primal_parameters(), model.adversary_parameters()
-    params_all = list(model.parameters())
+    names = [name for name, _ in model.named_parameters()]  # in params_all's order
+    forward, forward_context = speed.compiled(model, opts), speed.autocast(opts, device)
+    meter = StepMeter(step, device, acc)
     t_last, n_timed = time.perf_counter(), 0
     bar = tqdm(total=n_steps, initial=step, desc=f"train {model.name}", disable=not progress, mininterval=2.0)
     model.train()
     next_batch = batches.__next__
     while step < n_steps:
-        try:
-            s = train_step(model, next_batch(), opt_p, opt_a, params_p, params_a, tr.get("adversary_steps", 1),
-                           next_batch, step=step + 1)  # a VAE's run config has no adversary settings
-        except TrainingDiverged as err:
-            raise diverged(str(err).split("; training stopped")[0]) from None
+        # no host read in an iteration: the metrics and the finiteness of the losses and parameters accumulate on
+        # the device (StepMeter) and are read where a row, a checkpoint, the end, a monitor pass or on_step is due
+        train_step(forward, next_batch(), opt_p, opt_a, params_p, params_a, tr.get("adversary_steps", 1),
+                   next_batch, step=step + 1, check=False, record=meter.record,
+                   forward_context=forward_context)  # a VAE's run config has no adversary settings
+        meter.add(params_all)
         step += 1
         n_acc += 1
         n_timed += 1
-        values = step_metrics(s, params_all)
-        if not math.isfinite(values.pop("param_sum")):
-            bad = nonfinite_parameters(model)
-            if bad:
-                raise diverged(f"step {step}: parameters not finite after the update ({', '.join(bad[:3])}"
-                               f"{' ...' if len(bad) > 3 else ''}; the losses were finite)")
-            raise diverged(f"step {step}: parameters diverged after the update (no NaN or inf, but their sum "
-                           f"overflows: values near 1e38; the losses were finite)")
-        for key, val in values.items():
-            acc[key] = acc.get(key, 0.0) + val
-        if step % log_every == 0 or step == n_steps:
+        row_due = step % log_every == 0 or step == n_steps
+        stop = bool(got_signal)  # once per iteration: a signal arriving later is handled after the next one
+        checkpoint_due = step % tr["checkpoint_every"] == 0 or step == n_steps or stop
+        if row_due or checkpoint_due or on_step is not None or mon.due(step, n_steps):
+            acc, bad_step, bad = meter.read()  # the one read: before anything is logged, saved or monitored
+            if bad_step:
+                raise diverged(meter.divergence(bad_step, bad, names))
+        if row_due:
             now = time.perf_counter()
             row = {"step": step, **{k: v / n_acc for k, v in acc.items()},
                    "images_per_s": n_timed * tr["batch_size"] / (now - t_last)}
@@ -359,6 +463,7 @@ def _fit(model: Method, batches: BatchSource, data_gen: torch.Generator, run: di
             if step % log_every == 0:
                 rows.append(row)
                 acc, n_acc, t_last, n_timed = {}, 0, now, 0
+                meter.reset()
             else:
                 tail = row
             metrics_log.append(row)
@@ -367,11 +472,11 @@ def _fit(model: Method, batches: BatchSource, data_gen: torch.Generator, run: di
         if on_step is not None:
             on_step(step)
         t_last += mon.after_step(model, step, n_steps)  # its seconds: not training time (images_per_s)
-        if step % tr["checkpoint_every"] == 0 or step == n_steps or got_signal:
-            save_checkpoint()
+        if checkpoint_due:
+            save_checkpoint()  # from parameters the read above found finite
             good_step = step
         bar.update(1)
-        if got_signal and step < n_steps:
+        if stop and step < n_steps:
             bar.close()
             raise TrainingInterrupted(f"{out}: {signal.Signals(got_signal[0]).name} at step {step} of {n_steps}: "
                                       f"checkpoint written to {ckpt_path}; rerun to resume")

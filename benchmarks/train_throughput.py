@@ -5,9 +5,10 @@ eps_dim 32, 16 basis vectors; adversary widths of ``config/quick.yaml``, adv_hid
 z = 8, batch 128, on random binary batches made up front (no dataset I/O on either side), one CPU thread.
 
 * project: each iteration is the body of the loop in ``avb.train.train``: ``train_step`` (one forward through the
-  method's ``Step``, the NaN guard, adversary backward with ``retain_graph``, primal backward, both Adam steps) and
-  ``step_metrics`` (the per-step metrics the loop logs); drawing the batch, the progress bar and the periodic
-  logging/checkpointing are left out (no I/O on either side).
+  method's ``Step``, adversary backward with ``retain_graph``, primal backward, both Adam steps) and the loop's
+  ``StepMeter`` (the per-step metrics and the NaN / inf check, summed on the device; read once per 100 steps here,
+  the default ``log_every``); drawing the batch, the progress bar and the periodic logging/checkpointing are left
+  out (no I/O on either side).
 * bare: the same forward math written inline over the same modules (encoder, decoder, adversary), the same two
   Adam optimisers and the same simultaneous update, and nothing else.
 
@@ -35,7 +36,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from avb.experiments import build  # noqa: E402
-from avb.train import step_metrics, train_step  # noqa: E402
+from avb.train import StepMeter, step_metrics, train_step  # noqa: E402
 from naive_step import NaiveStep  # noqa: E402
 
 METHODS = ("vae", "avb", "avb_ac")
@@ -46,17 +47,26 @@ LR, LR_ADV, BETAS = 1e-4, 1e-4, (0.5, 0.999)
 
 
 class Project:
-    """The project's iteration: ``train_step`` + ``step_metrics``, as in ``avb.train.train``."""
+    """The project's iteration: ``train_step`` + the ``StepMeter``, as in ``avb.train.train``."""
+
+    LOG_EVERY = 100
 
     def __init__(self, model):
         self.model = model.train()
         self.params_p, self.params_a = model.primal_parameters(), model.adversary_parameters()
+        self.params = list(model.parameters())
         self.opt_p = torch.optim.Adam(self.params_p, lr=LR, betas=BETAS)
         self.opt_a = torch.optim.Adam(self.params_a, lr=LR_ADV, betas=BETAS) if self.params_a else None
+        self.meter, self.n = StepMeter(0, torch.device("cpu")), 0
 
     def step(self, x):
-        s = train_step(self.model, x, self.opt_p, self.opt_a, self.params_p, self.params_a, 1, None)
-        step_metrics(s)
+        train_step(self.model, x, self.opt_p, self.opt_a, self.params_p, self.params_a, 1, None, check=False,
+                   record=self.meter.record)
+        self.meter.add(self.params)
+        self.n += 1
+        if self.n % self.LOG_EVERY == 0:
+            self.meter.read()
+            self.meter.reset()
 
 
 def chunk(side, xs, n):

@@ -342,3 +342,19 @@ def test_help_lists_every_command_on_one_line_and_version_is_the_package_version
     with pytest.raises(SystemExit):
         main(["--version"])
     assert capsys.readouterr().out.strip() == f"avb-replication {version('avb-replication')}"
+
+
+def test_speed_options_at_their_defaults_leave_config_json_as_before():
+    """The train speed keys (issue 15 item 4): the schema's defaults are avb.speed's (today's training), and
+    config.json holds a speed key only where it is set to another value (a run at the defaults resumes its
+    checkpoint as before them)."""
+    from avb import speed
+    assert {k: C.defaults("train")[k] for k in J.SPEED_KEYS} == speed.DEFAULTS
+    plain = J.train_config(C.validate({"preset": "x"}), "mnist", "avb", 8, 0)
+    assert not set(J.SPEED_KEYS) & set(plain["train"])
+    fast = J.train_config(C.validate({"preset": "x", "train": {"precision": "bf16", "adam": "auto",
+                                                               "compile": "default"}}), "mnist", "avb", 8, 0)
+    assert {k: fast["train"][k] for k in J.SPEED_KEYS if k in fast["train"]} == {"precision": "bf16",
+                                                                                   "compile": "default"}
+    with pytest.raises(C.ConfigError):
+        C.validate({"preset": "x", "train": {"precision": "fp16"}})

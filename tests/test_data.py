@@ -113,3 +113,52 @@ def test_source_order_config_then_env_then_shared(tmp_path, monkeypatch):
 def test_unknown_dataset_and_split_are_named():
     with pytest.raises(ValueError, match="cifar"):
         data.load("cifar")
+
+
+def _tiny_splits(static: bool = False, n: int = 40) -> "data.Splits":
+    g = torch.Generator().manual_seed(3)
+    imgs = torch.randint(0, 2 if static else 256, (n, 28, 28), generator=g, dtype=torch.uint8).numpy()
+    return data.Splits(train=imgs, val=imgs[:8], test=imgs[:8], static=static, source="test")
+
+
+@pytest.mark.parametrize("static", [False, True])
+def test_device_path_on_the_cpu_gives_the_host_path_batches_and_resumes(static):
+    """Batches(on_device=True) (what CUDA runs: images on the device once, a generator of the device's own) draws
+    as the host path does: on the CPU the same batches from the same seed, without touching ``generator``; its
+    state_dict holds that generator, so a restored copy continues the stream."""
+    s = _tiny_splits(static)
+    g_host, g_dev = torch.Generator().manual_seed(11), torch.Generator().manual_seed(11)
+    host, dev = data.Batches(s, "train", 16, g_host), data.Batches(s, "train", 16, g_dev, on_device=True)
+    before = g_dev.get_state()
+    for _ in range(7):  # across epochs (40 images, 16 per batch: a new order every 2 batches)
+        assert torch.equal(next(host), next(dev))
+    assert torch.equal(g_dev.get_state(), before)
+    state = dev.state_dict()
+    assert "gen" in state
+    want = [next(dev) for _ in range(5)]
+    again = data.Batches(s, "train", 16, torch.Generator().manual_seed(99), on_device=True)
+    again.load_state_dict(state)
+    assert all(torch.equal(w, next(again)) for w in want)
+    wrong = data.Batches(s, "train", 16, torch.Generator().manual_seed(12), on_device=True)
+    assert not torch.equal(want[0], next(wrong)) or static  # the seed matters (static: same images, other order)
+
+
+def binarised_rate_bounds(images: np.ndarray, n_reads: int, k: float = 5.0) -> tuple[float, float]:
+    """The expected pixel rate of dynamically binarised ``images`` (mean pixel / 255) and k standard deviations
+    of the mean of ``n_reads`` reads: each pixel is an independent Bernoulli(p_i), so the variance of the mean
+    over N = n_reads x pixels draws is sum_i p_i (1 - p_i) / N^2 (per read)."""
+    p = images.astype(np.float64).reshape(-1) / 255
+    var = (p * (1 - p)).sum() / (len(p) ** 2 * n_reads)
+    return p.mean(), k * math.sqrt(var)
+
+
+def test_binomial_tolerance_sees_a_biased_binarisation():
+    """The tolerance the GPU test uses: the CPU binarisation is within it, a threshold off by 1/255 is not."""
+    s = _tiny_splits(n=256)
+    target, tol = binarised_rate_bounds(s.train, 20)
+    g = torch.Generator().manual_seed(0)
+    rates = [data.binarize(s.train, False, g).mean().item() for _ in range(20)]
+    assert abs(np.mean(rates) - target) < tol
+    x = torch.as_tensor(s.train).reshape(len(s.train), -1).float()
+    biased = [(torch.rand(x.shape, generator=g) <= (x + 1) / 255).float().mean().item() for _ in range(20)]
+    assert abs(np.mean(biased) - target) > tol

@@ -111,3 +111,46 @@ def test_cuda_training_matches_cpu_start(tmp_path, method):
     tr.train(run_config(method, steps=5, device="cuda"), tmp_path / "cuda", progress=False)
     a, b = (pd.read_csv(tmp_path / d / "train_metrics.csv") for d in ("cpu", "cuda"))
     assert abs(a.recon.iloc[0] - b.recon.iloc[0]) < 0.05 * abs(a.recon.iloc[0])
+
+
+# ------------------------------------------------------------------------------------ host reads (issue 15 item 2)
+AVB_DIR = str(Path(tr.__file__).resolve().parent)
+READS = ("item", "tolist", "cpu", "numpy", "__bool__", "__float__", "__int__")
+
+
+def count_host_reads(monkeypatch) -> dict[str, int]:
+    """Patch the Tensor methods that read a value back to the host; count the calls made from the project's code
+    (the caller's file in avb/: torch's own internals, e.g. Adam's CPU step counters, are no device read)."""
+    counts = {name: 0 for name in READS}
+    for name in READS:
+        orig = getattr(torch.Tensor, name)
+
+        def wrapper(self, *a, _orig=orig, _name=name, **k):
+            if sys._getframe(1).f_code.co_filename.startswith(AVB_DIR):
+                counts[_name] += 1
+            return _orig(self, *a, **k)
+        monkeypatch.setattr(torch.Tensor, name, wrapper)
+    return counts
+
+
+@pytest.mark.parametrize("method, data_path", [("vae", "host"), ("avb_ac", "device")])
+def test_loop_reads_the_device_once_per_log_every(tmp_path, monkeypatch, method, data_path):
+    """300 steps, a row every 50: the loop reads metrics and the divergence check back once per row (plus a
+    constant: the end), not once or twice per step. ``device``: the batches drawn and binarised as on CUDA
+    (``avb.data.Batches(on_device=True)``), on the CPU."""
+    if data_path == "device":
+        from avb import data
+        orig = data.Batches
+
+        def on_device(*a, **k):
+            return orig(*a, **{**k, "on_device": True})
+        monkeypatch.setattr(data, "Batches", on_device)
+    run = run_config(method, steps=300, log_every=50, checkpoint_every=10 ** 6)
+    counts = count_host_reads(monkeypatch)
+    tr.train(run, tmp_path, progress=False)
+    monkeypatch.undo()
+    total = sum(counts.values())
+    assert total <= 300 // 50 + 3, counts
+    assert counts["tolist"] >= 300 // 50, counts  # the rows were read (the count is not blind)
+    import pandas as pd
+    assert list(pd.read_csv(tmp_path / "train_metrics.csv").step) == [50, 100, 150, 200, 250, 300]
