@@ -28,7 +28,8 @@ def iwae_bound(log_likelihood: LogLik, x: torch.Tensor, mean: torch.Tensor, std:
     """IWAE_k per image for the proposal N(mean, diag std^2) ([B, z_dim] each) and prior N(0, I).
 
     ``log_likelihood(x_rep, z)`` as for AIS (rows image-major: row b*k + j is sample j of image b). All z are drawn
-    at once from one stream (on the generator's device, ``avb.hmc.normal``), so ``max_rows`` (rows per decoder call) does not change the result.
+    at once from one stream (on the generator's device, ``avb.hmc.normal``), so ``max_rows`` (rows per decoder call)
+    does not change the result.
     """
     if k < 1:
         raise ValueError(f"k must be >= 1, got {k}")

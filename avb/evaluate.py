@@ -13,11 +13,11 @@ density, so its IWAE is NaN and ``iwae_note`` (``Method.proposal_note``) says wh
 the rows per decoder call of AIS and IWAE by a memory budget (no effect on the numbers; see ``avb.ais``).
 
 Device and speed (issue 15). The device (``eval.device``, ``avb.device.resolve_device``) is logged and recorded in
-eval.json (``device_*``: ``avb.device.device_info``'s keys). AIS and BDMC draw their random numbers on that device (a CUDA
-generator on a GPU; on the CPU the numbers are those of before). ``ais_call_images`` (null: ``batch_size``) images
-go through one AIS call, in whole batches of ``batch_size`` that each keep their own step adaptation and random
-numbers (``avb.ais``, 'Groups'), so the numbers do not depend on it, and ``ais_memory_mb`` then caps the rows per
-decoder evaluation: a GPU gets thousands of rows at once. ``eval.precision`` (``log_likelihood``) is the arithmetic
+eval.json (``device_*``: ``avb.device.device_info``'s keys). AIS and BDMC draw their random numbers on that device
+(a CUDA generator on a GPU; on the CPU the numbers are those of before). ``ais_call_images`` (null:
+``batch_size``) images go through one AIS call, in whole batches of ``batch_size`` that each keep their own step
+adaptation and random numbers (``avb.ais``, 'Groups'), so the numbers do not depend on it, and ``ais_memory_mb``
+then caps the rows per decoder evaluation: a GPU gets thousands of rows at once. ``eval.precision`` (``log_likelihood``) is the arithmetic
 of the decoder evaluations of AIS and BDMC (fp32 by default); the ELBO and IWAE bound stay fp32.
 
 AVB + AC's Gaussian r(z|x) (AIS start, IWAE proposal, ELBO estimate) uses moments of q(z|x) estimated from
@@ -131,8 +131,8 @@ def log_likelihood(model: Method, device: torch.device, precision: str = "fp32")
     decoder's network under bfloat16 autocast but its output layer (the last layer with weights: the logits), which
     runs in fp32 with the Bernoulli log-likelihood summed in fp32, and TF32 for the fp32 parts on CUDA. (Logits
     rounded to bf16 bias log p(x|z) and the AIS estimate: on the VAE of tests/test_evaluate.py the mean AIS
-    log p(x) moved 0.09 nat with bf16 logits, 0.04 with the fp32 output layer.) A decoder other than ``avb.nets.Decoder`` over an
-    ``nn.Sequential`` gets its whole ``log_likelihood`` under autocast."""
+    log p(x) moved 0.09 nat with bf16 logits, 0.04 with the fp32 output layer.) A decoder other than
+    ``avb.nets.Decoder`` over an ``nn.Sequential`` gets its whole ``log_likelihood`` under autocast."""
     if precision not in PRECISIONS:
         raise ValueError(f"eval.precision = {precision!r}; expected one of {', '.join(PRECISIONS)}")
     dec = model.decoder

@@ -2,9 +2,10 @@
 
 The Snakefile's ``onstart`` / ``onsuccess`` / ``onerror`` hooks append to ``results/<preset>/provenance.json``: the
 commit (flagged when the tree had uncommitted changes), the machine, the software, the command line, the rules it
-ran, when it started and how long it took, and whether it succeeded, and (records from issue 15 on) ``devices``: the torch
-build and the machine's GPUs (``avb.device.host_info``; each job's own device is in its log and eval.json). ``snakemake paper`` states these records beside
-the numbers. Imports no torch (the Snakefile imports this module in every Snakemake call).
+ran, when it started and how long it took, whether it succeeded, and (records from issue 15 on) ``devices``: the
+torch build and the machine's GPUs (``avb.device.host_info``; each job's own device is in its log and eval.json).
+``snakemake paper`` states these records beside the numbers. Imports no torch (the Snakefile imports this module in
+every Snakemake call).
 """
 from __future__ import annotations
 
