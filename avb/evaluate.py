@@ -17,8 +17,9 @@ eval.json (``device_*``: ``avb.device.device_info``'s keys). AIS and BDMC draw t
 (a CUDA generator on a GPU; on the CPU the numbers are those of before). ``ais_call_images`` (null:
 ``batch_size``) images go through one AIS call, in whole batches of ``batch_size`` that each keep their own step
 adaptation and random numbers (``avb.ais``, 'Groups'), so the numbers do not depend on it, and ``ais_memory_mb``
-then caps the rows per decoder evaluation: a GPU gets thousands of rows at once. ``eval.precision`` (``log_likelihood``) is the arithmetic
-of the decoder evaluations of AIS and BDMC (fp32 by default); the ELBO and IWAE bound stay fp32.
+then caps the rows per decoder evaluation: a GPU gets thousands of rows at once. ``eval.precision``
+(``log_likelihood``) is the arithmetic of the decoder evaluations of AIS and BDMC (fp32 by default); the ELBO and
+IWAE bound stay fp32.
 
 AVB + AC's Gaussian r(z|x) (AIS start, IWAE proposal, ELBO estimate) uses moments of q(z|x) estimated from
 ``eval.ac_moment_draws`` noise draws (default: the run's training batch size) from the evaluation's own generator,
