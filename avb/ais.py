@@ -19,10 +19,20 @@ Each transition is ``avb.hmc.transition``, the HMC kernel shared with the eight-
 
 Chunking. Only the gradient evaluations are chunked: ``max_rows`` (or its older name ``chunk_size``, or a
 ``memory_mb`` budget converted to rows, see ``rows_for_memory``) caps the rows of image x chain pairs that go
-through the decoder at once. All random numbers are drawn for all rows at once from one CPU stream, and the step
+through the decoder at once. All random numbers are drawn for all rows at once from one stream, and the step
 adaptation only sees per-chain / per-row statistics of the whole state, so the result is independent of the
 chunking: identical up to float rounding of batched matmuls (tested). The state held for all rows is small
 (z, momenta, gradients, weights: O(rows x z_dim)); x is repeated per chain only inside a chunk.
+
+Random numbers are drawn on the generator's device (``avb.hmc.normal``): a CPU generator gives the same numbers on
+any device (moved to it), a CUDA generator draws on the GPU without host copies (reproducible on that device).
+
+Groups (``adapt_group = G``). One call may anneal several batches of G images as if each were its own call, one
+after the other with the same generator: each group has its own per-chain step adaptation (``official``), and its
+random numbers come from a copy of the generator started where the calls for the groups before it would have left
+it (``_GroupStreams``: the earlier groups' draws are made and discarded); the generator ends where the last call
+would leave it. So the numbers do not depend on how many groups share a call (identical with the same rows per
+decoder evaluation, else up to float rounding; tested), and a GPU gets many rows per decoder evaluation.
 
 Reverse AIS (``estimate_log_likelihood_reverse``) runs the same chain with the schedule reversed, from a given exact
 posterior sample; on data simulated from the model it gives a stochastic upper bound (BDMC, Grosse et al. 2015).
@@ -37,7 +47,7 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
-from .hmc import leapfrog_positions, transition, value_and_grad
+from .hmc import leapfrog_positions, normal, transition, uniform, value_and_grad
 
 LOG_2PI = math.log(2 * math.pi)
 LogLik = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
@@ -51,6 +61,7 @@ class AISResult:
     accept_trace: list[float] = field(default_factory=list)  # mean acceptance over all rows per transition
     eps_trace: list[float] = field(default_factory=list)     # mean step size (before the per-dimension std scale)
     max_rows: int = 0             # rows per gradient evaluation that were used
+    last_accept: torch.Tensor | None = None  # [B, K] acceptance of the last transition (None: no transition)
 
 
 def schedule_betas(n_steps: int, schedule: str = "linear", rad: float = 4.0) -> np.ndarray:
@@ -137,8 +148,60 @@ def rows_for_memory(log_likelihood: LogLik, x: torch.Tensor, z_dim: int, memory_
     return max(1, int(memory_mb * 2 ** 20 // per_row))
 
 
+def _transitions(betas) -> int:
+    """HMC transitions of a run over ``betas``: one between consecutive temperatures but the last."""
+    return max(0, len(betas) - 2)
+
+
+def _clone(generator: torch.Generator) -> torch.Generator:
+    g = torch.Generator(device=generator.device)
+    g.set_state(generator.get_state())
+    return g
+
+
+class _GroupStreams:
+    """The random numbers of consecutive groups of rows (``rows`` per group), each group from its own copy of
+    ``generator`` started where forward AIS calls for the groups before it (a z0 draw, then per transition momenta
+    and uniforms: ``d`` latent dimensions, ``transitions`` transitions) would have left it. ``generator`` itself is
+    advanced past all groups: it ends where the last of those calls would leave it."""
+
+    def __init__(self, generator: torch.Generator | None, rows: list[int], d: int, transitions: int):
+        gen = torch.default_generator if generator is None else generator
+        self.rows, self.gens = rows, []
+        for r in rows:
+            self.gens.append(_clone(gen))
+            normal(gen, (r, d), None, gen.device)
+            for _ in range(transitions):
+                normal(gen, (r, d), None, gen.device)
+                uniform(gen, (r,), None, gen.device)
+
+    def _draw(self, fn, shape, dtype, device):
+        if shape[0] != sum(self.rows):
+            raise ValueError(f"{shape[0]} rows drawn from groups of {self.rows} rows")
+        return torch.cat([fn(g, (r, *shape[1:]), dtype, g.device) for g, r in zip(self.gens, self.rows)]).to(device)
+
+    def normal(self, shape, dtype, device):
+        return self._draw(normal, shape, dtype, device)
+
+    def uniform(self, shape, dtype, device):
+        return self._draw(uniform, shape, dtype, device)
+
+
+def _chain_rate(acc: torch.Tensor, k: int, groups: list[int] | None) -> torch.Tensor:
+    """Mean acceptance per chain index ([k]), or per group and chain index ([groups, k]; groups of equal size but
+    perhaps the last), the mean taken over the images of the group as a call of that group alone takes it."""
+    a = acc.view(-1, k)
+    if groups is None:
+        return a.mean(0)
+    size, n_full = groups[0], sum(1 for g in groups if g == groups[0])
+    rates = [a[:size * n_full].view(n_full, size, k).mean(1)]
+    if n_full < len(groups):
+        rates.append(a[size * n_full:].view(1, -1, k).mean(1))
+    return torch.cat(rates) if len(rates) > 1 else rates[0]
+
+
 def _anneal(target: _Target, mean, std, betas, z, *, k, leapfrog_steps, leapfrog, eps0, adapt, generator,
-            progress):
+            progress, groups: list[int] | None = None):
     """Run AIS over ``betas`` (increasing: forward, decreasing: reverse) from the start state ``z`` (None: a draw
     from q0). Returns log w per row and the traces.
 
@@ -146,12 +209,14 @@ def _anneal(target: _Target, mean, std, betas, z, *, k, leapfrog_steps, leapfrog
     the HMC force grad U_beta(z) = A z - C - B grad ll with A = (1 - beta) / std^2 + beta, C = (1 - beta) mean / std^2,
     B = beta; the leapfrog uses these per-transition coefficients premultiplied by the step (fewer ops per step).
     The HMC state is (ll, grad ll, lq, lp); lq and lp are computed at the end point only (``complete``).
+    ``groups``: images per group (``official`` adaptation per group and chain index); ``generator`` is then the
+    groups' streams (``_GroupStreams``).
     """
     n, d = mean.shape
     dev = mean.device
 
     if z is None:
-        z = mean + std * torch.randn(n, d, generator=generator, device="cpu").to(dev)
+        z = mean + std * normal(generator, (n, d), None, dev)
     inv_var = std.pow(-2)
     m_iv = mean * inv_var
     cq = -torch.log(std).sum(-1) - 0.5 * d * LOG_2PI
@@ -171,12 +236,18 @@ def _anneal(target: _Target, mean, std, betas, z, *, k, leapfrog_steps, leapfrog
         eps = torch.full((n, 1), float(eps0), device=dev)
         ema = torch.full((n,), 0.65, device=dev)
     elif adapt == "official":
-        eps_chain = torch.full((k,), float(eps0), device=dev)  # one eps per chain index, as in the official code
-        eps = eps_chain.repeat(n // k).unsqueeze(-1)
+        # one eps per chain index (per group and chain index with groups), as in the official code
+        eps_chain = torch.full((k,) if groups is None else (len(groups), k), float(eps0), device=dev)
+        counts = None if groups is None else torch.tensor(groups, device=dev)
+
+        def spread(ec):
+            return ec.repeat(n // k).unsqueeze(-1) if counts is None else \
+                ec.repeat_interleave(counts, dim=0, output_size=n // k).reshape(n, 1)
+        eps = spread(eps_chain)
     else:
         eps = torch.tensor(float(eps0), device=dev)
     n_pos = leapfrog_positions(leapfrog_steps, leapfrog)
-    acc_trace, eps_trace = [], []
+    acc_trace, eps_trace, last_accept = [], [], None
 
     for t in tqdm(range(len(betas) - 1), desc="AIS", disable=not progress, leave=False):
         b0, b1 = float(betas[t]), float(betas[t + 1])
@@ -198,11 +269,12 @@ def _anneal(target: _Target, mean, std, betas, z, *, k, leapfrog_steps, leapfrog
             z, (ll, grad, lq, lp), step=step, n_pos=n_pos, force=force, evaluate=target, potential=potential,
             generator=generator, complete=lambda zn, s: (*s, log_q0(zn), log_prior(zn)))
         acc = accept.float()
+        last_accept = acc
         acc_trace.append(acc.mean())  # tensors: no device sync inside the loop
         if adapt == "official":
-            rate = acc.view(n // k, k).mean(0)
+            rate = _chain_rate(acc, k, groups)
             eps_chain = torch.where(rate < 0.6, eps_chain / 1.1, torch.where(rate > 0.7, eps_chain * 1.1, eps_chain))
-            eps = eps_chain.repeat(n // k).unsqueeze(-1)
+            eps = spread(eps_chain)
             eps_trace.append(eps_chain.mean())
         elif adapt == "wu":
             ema = 0.9 * ema + 0.1 * acc
@@ -211,7 +283,7 @@ def _anneal(target: _Target, mean, std, betas, z, *, k, leapfrog_steps, leapfrog
         else:
             eps_trace.append(eps)
     to_list = (lambda ts: torch.stack(ts).tolist()) if acc_trace else (lambda ts: [])
-    return logw, to_list(acc_trace), to_list(eps_trace)
+    return logw, to_list(acc_trace), to_list(eps_trace), last_accept
 
 
 def _check_options(adapt, leapfrog, n_chains):
@@ -243,12 +315,12 @@ def _max_rows(log_likelihood, x, z_dim, rows, chunk_size, max_rows, memory_mb):
     return max(1, min([rows, *caps]))
 
 
-def _result(lw: torch.Tensor, sign: float, acc, eps_t, max_rows) -> AISResult:
+def _result(lw: torch.Tensor, sign: float, acc, eps_t, max_rows, last_accept) -> AISResult:
     k = lw.shape[1]
     log_px = sign * (torch.logsumexp(lw, dim=1) - math.log(k))
     wn = torch.softmax(lw, dim=1)
     return AISResult(log_px=log_px, log_weights=lw, ess=1.0 / (wn * wn).sum(1), accept_trace=acc, eps_trace=eps_t,
-                     max_rows=max_rows)
+                     max_rows=max_rows, last_accept=None if last_accept is None else last_accept.view(lw.shape))
 
 
 @torch.no_grad()
@@ -257,23 +329,31 @@ def estimate_log_likelihood(log_likelihood: LogLik, x: torch.Tensor, z_dim: int,
                             leapfrog_steps: int = 10, generator: torch.Generator | None = None,
                             eps: float = 0.01, adapt: str = "official", leapfrog: str = "official",
                             chunk_size: int | None = None, max_rows: int | None = None,
-                            memory_mb: float | None = None, progress: bool = False) -> AISResult:
+                            memory_mb: float | None = None, adapt_group: int | None = None,
+                            progress: bool = False) -> AISResult:
     """AIS estimate of log p(x) for each row of ``x`` ([B, ...]); see the module docstring.
 
     ``log_likelihood(x_rep, z)`` returns log p(x|z) per row for x repeated per chain and z of shape [rows, z_dim].
     Rows are ordered image-major: row b*K + k is chain k of image b. ``max_rows`` / ``chunk_size`` /
     ``memory_mb`` cap the rows per gradient evaluation (the smallest cap wins); the result does not depend on them.
+    ``adapt_group = G``: the images in consecutive groups of G (the last perhaps smaller), each annealed as by its
+    own call after the ones before it with the same generator (module docstring, 'Groups').
     """
     _check_options(adapt, leapfrog, n_chains)
     betas = schedule_betas(n_steps, schedule)
-    k = n_chains
+    k, b = n_chains, x.shape[0]
     mean, std = _initial(x, z_dim, k, init)
-    rows = x.shape[0] * k
+    rows = b * k
     cap = _max_rows(log_likelihood, x, z_dim, rows, chunk_size, max_rows, memory_mb)
-    lw, acc, eps_t = _anneal(_Target(log_likelihood, x, k, cap), mean, std, betas, None, k=k,
-                             leapfrog_steps=leapfrog_steps, leapfrog=leapfrog, eps0=eps, adapt=adapt,
-                             generator=generator, progress=progress)
-    return _result(lw.view(x.shape[0], k), 1.0, acc, eps_t, cap)
+    groups = None
+    if adapt_group is not None and 0 < int(adapt_group) < b:
+        g = int(adapt_group)
+        groups = [min(g, b - start) for start in range(0, b, g)]
+        generator = _GroupStreams(generator, [n * k for n in groups], z_dim, _transitions(betas))
+    lw, acc, eps_t, last = _anneal(_Target(log_likelihood, x, k, cap), mean, std, betas, None, k=k,
+                                   leapfrog_steps=leapfrog_steps, leapfrog=leapfrog, eps0=eps, adapt=adapt,
+                                   generator=generator, progress=progress, groups=groups)
+    return _result(lw.view(b, k), 1.0, acc, eps_t, cap, last)
 
 
 @torch.no_grad()
@@ -308,7 +388,7 @@ def estimate_log_likelihood_reverse(log_likelihood: LogLik, x: torch.Tensor, z_p
     betas = schedule_betas(n_steps, schedule)[::-1].copy()
     mean, std = _initial(x, z_dim, k, init)
     cap = _max_rows(log_likelihood, x, z_dim, b * k, chunk_size, max_rows, memory_mb)
-    lw, acc, eps_t = _anneal(_Target(log_likelihood, x, k, cap), mean, std, betas, z0.to(mean), k=k,
-                             leapfrog_steps=leapfrog_steps, leapfrog=leapfrog, eps0=eps, adapt=adapt,
-                             generator=generator, progress=progress)
-    return _result(lw.view(b, k), -1.0, acc, eps_t, cap)
+    lw, acc, eps_t, last = _anneal(_Target(log_likelihood, x, k, cap), mean, std, betas, z0.to(mean), k=k,
+                                   leapfrog_steps=leapfrog_steps, leapfrog=leapfrog, eps0=eps, adapt=adapt,
+                                   generator=generator, progress=progress)
+    return _result(lw.view(b, k), -1.0, acc, eps_t, cap, last)

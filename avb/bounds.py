@@ -18,6 +18,7 @@ from dataclasses import dataclass
 import torch
 
 from .ais import LOG_2PI, AISResult, LogLik, estimate_log_likelihood, estimate_log_likelihood_reverse
+from .hmc import normal
 from .objectives import IMPLICIT_NOTE, log_normal  # noqa: F401 (IMPLICIT_NOTE: each method's ``proposal_note``)
 
 
@@ -27,7 +28,8 @@ def iwae_bound(log_likelihood: LogLik, x: torch.Tensor, mean: torch.Tensor, std:
     """IWAE_k per image for the proposal N(mean, diag std^2) ([B, z_dim] each) and prior N(0, I).
 
     ``log_likelihood(x_rep, z)`` as for AIS (rows image-major: row b*k + j is sample j of image b). All z are drawn
-    at once from one CPU stream, so ``max_rows`` (rows per decoder call) does not change the result.
+    at once from one stream (on the generator's device, ``avb.hmc.normal``), so ``max_rows`` (rows per decoder call)
+    does not change the result.
     """
     if k < 1:
         raise ValueError(f"k must be >= 1, got {k}")
@@ -37,7 +39,7 @@ def iwae_bound(log_likelihood: LogLik, x: torch.Tensor, mean: torch.Tensor, std:
                          f"{tuple(mean.shape)}, {tuple(std.shape)}")
     rows = b * k
     mean_r, std_r = mean.repeat_interleave(k, dim=0), std.repeat_interleave(k, dim=0)
-    z = mean_r + std_r * torch.randn(rows, d, generator=generator, device="cpu").to(mean.device)
+    z = mean_r + std_r * normal(generator, (rows, d), None, mean.device)
     log_w = log_normal(z, mean_r, std_r).neg_()
     log_w += -0.5 * (z * z + LOG_2PI).sum(-1)
     cap = rows if max_rows is None else max(1, int(max_rows))
@@ -77,8 +79,9 @@ def bdmc(log_likelihood: LogLik, x: torch.Tensor, z_posterior: torch.Tensor, *, 
 @torch.no_grad()
 def simulate_bernoulli(decoder: torch.nn.Module, n: int, z_dim: int,
                        generator: torch.Generator | None = None) -> tuple[torch.Tensor, torch.Tensor]:
-    """(x, z) from the model: z ~ N(0, I), x ~ Bernoulli(sigmoid(decoder(z))); z is an exact draw from p(z|x)."""
+    """(x, z) from the model: z ~ N(0, I), x ~ Bernoulli(sigmoid(decoder(z))); z is an exact draw from p(z|x).
+    Both drawn from ``generator`` on its own device."""
     dev = next(decoder.parameters()).device
-    z = torch.randn(n, z_dim, generator=generator, device="cpu").to(dev)
-    probs = torch.sigmoid(decoder(z)).cpu()
+    z = normal(generator, (n, z_dim), None, dev)
+    probs = torch.sigmoid(decoder(z)).to(generator.device if generator is not None else "cpu")
     return torch.bernoulli(probs, generator=generator).to(dev), z

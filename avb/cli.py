@@ -46,6 +46,8 @@ def _settings(path: str | None) -> dict:
 
 SETTINGS_HELP = ("settings of the run config to change, e.g. train.steps=100 model.arch=conv0 (values read as YAML; "
                  "each key and value checked against the schema; raising train.steps alone continues the run)")
+REQUIRE_GPU_HELP = ("fail (avb.device.NoCudaDevice) instead of falling back to the CPU where no CUDA device is "
+                    "found, as with AVB_REQUIRE_GPU=1 (the workflow sets it for jobs whose resources ask for a GPU)")
 DEVICE_HELP = "training device (auto, cpu, cuda, cuda:N): the same as train.device=DEVICE"
 
 
@@ -81,6 +83,7 @@ def _job(sub, name: str, help: str, *, model: bool = False, config: str | None =
     if data_dir:
         job.add_argument("--data-dir", type=_data_dir, help=DATA_DIR_HELP)
     job.add_argument("--threads", type=int)
+    job.add_argument("--require-gpu", action="store_true", help=REQUIRE_GPU_HELP)
     return job
 
 
@@ -277,6 +280,10 @@ def main(argv: list[str] | None = None) -> int:
                                                           "method (replaces the file's)")
 
     a = p.parse_args(argv)
+    if getattr(a, "require_gpu", False):
+        import os
+        from .device import ENV_REQUIRE_GPU
+        os.environ[ENV_REQUIRE_GPU] = "1"
     logging.basicConfig(level=logging.INFO, format="[%(name)s] %(message)s")
     try:
         if a.cmd == "train":

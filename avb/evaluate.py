@@ -12,6 +12,15 @@ official test); plain AVB's implicit encoder has no
 density, so its IWAE is NaN and ``iwae_note`` (``Method.proposal_note``) says why. Optional ``ais_memory_mb`` caps
 the rows per decoder call of AIS and IWAE by a memory budget (no effect on the numbers; see ``avb.ais``).
 
+Device and speed (issue 15). The device (``eval.device``, ``avb.device.resolve_device``) is logged and recorded in
+eval.json (``device_*``: ``avb.device.device_info``'s keys). AIS and BDMC draw their random numbers on that device
+(a CUDA generator on a GPU; on the CPU the numbers are those of before). ``ais_call_images`` (null:
+``batch_size``) images go through one AIS call, in whole batches of ``batch_size`` that each keep their own step
+adaptation and random numbers (``avb.ais``, 'Groups'), so the numbers do not depend on it, and ``ais_memory_mb``
+then caps the rows per decoder evaluation: a GPU gets thousands of rows at once. ``eval.precision``
+(``log_likelihood``) is the arithmetic of the decoder evaluations of AIS and BDMC (fp32 by default); the ELBO and
+IWAE bound stay fp32.
+
 AVB + AC's Gaussian r(z|x) (AIS start, IWAE proposal, ELBO estimate) uses moments of q(z|x) estimated from
 ``eval.ac_moment_draws`` noise draws (default: the run's training batch size) from the evaluation's own generator,
 whatever the number of images in a batch (``avb.objectives.MomentDraws``); training keeps the official in-batch
@@ -27,13 +36,17 @@ from typing import Any
 import numpy as np
 import pandas as pd
 import torch
+import torch.nn.functional as F
 
 from . import data, io
-from .ais import estimate_log_likelihood, rows_for_memory
+from .ais import LogLik, estimate_log_likelihood, rows_for_memory
 from .bounds import bdmc, iwae_bound, simulate_bernoulli
+from .device import describe, device_info, resolve_device, tf32
 from .experiments import load_model
+from .nets import Decoder
 from .objectives import Method, MomentDraws
-from .train import resolve_device
+
+PRECISIONS = ("fp32", "tf32", "bf16")
 
 
 def test_images(run: dict[str, Any], n_test: int, seed: int, data_dir: str | Path | None = None) -> torch.Tensor:
@@ -87,12 +100,13 @@ def iwae_per_image(model: Method, x: torch.Tensor, init: tuple[torch.Tensor, tor
 
 
 def bdmc_on_simulated(model: Method, settings: dict[str, Any], generator: torch.Generator,
-                      moments: MomentDraws | None = None) -> dict[str, float]:
+                      moments: MomentDraws | None = None, log_lik: LogLik | None = None) -> dict[str, float]:
     """BDMC sandwich on ``settings['bdmc_images']`` images simulated from the model, with the AIS settings.
 
     z ~ p(z), x ~ p(x|z) makes z an exact posterior draw, so reverse AIS from it gives a stochastic upper bound and
     forward AIS a lower bound on log p(x) of the simulated images; their gap bounds the error of the forward AIS
-    estimate on data like the model's own. Not a bound on real test images.
+    estimate on data like the model's own. Not a bound on real test images. ``log_lik``: the decoder's
+    log-likelihood as AIS evaluates it (``log_likelihood``; None: the decoder's own).
     """
     n = int(settings["bdmc_images"])
     if n == 0:
@@ -101,7 +115,8 @@ def bdmc_on_simulated(model: Method, settings: dict[str, Any], generator: torch.
     x, z = simulate_bernoulli(model.decoder, n, model.z_dim, generator)
     with torch.no_grad():
         init = model.proposal(x, moments)
-    res = bdmc(model.decoder.log_likelihood, x, z, n_steps=settings["ais_steps"], n_chains=settings["ais_chains"],
+    res = bdmc(log_lik or model.decoder.log_likelihood, x, z, n_steps=settings["ais_steps"],
+               n_chains=settings["ais_chains"],
                init=init, schedule=settings["ais_schedule"], leapfrog_steps=settings["leapfrog_steps"],
                generator=generator, eps=settings["ais_eps"], adapt=settings["ais_adapt"],
                leapfrog=settings["ais_leapfrog"], memory_mb=settings["ais_memory_mb"])
@@ -109,6 +124,48 @@ def bdmc_on_simulated(model: Method, settings: dict[str, Any], generator: torch.
     return {"bdmc_images": n, "bdmc_lower": float(res.lower.mean()), "bdmc_upper": float(res.upper.mean()),
             "bdmc_width": float(width.mean()),
             "bdmc_width_se": float(width.std() / math.sqrt(n)) if n > 1 else math.nan}
+
+
+def log_likelihood(model: Method, device: torch.device, precision: str = "fp32") -> LogLik:
+    """The decoder's log p(x|z) as AIS evaluates it at ``eval.precision``: ``fp32`` the decoder's own (the numbers
+    of before); ``tf32`` the same with TF32 matmuls and convolutions on CUDA (on the CPU: fp32); ``bf16`` the
+    decoder's network under bfloat16 autocast but its output layer (the last layer with weights: the logits), which
+    runs in fp32 with the Bernoulli log-likelihood summed in fp32, and TF32 for the fp32 parts on CUDA. (Logits
+    rounded to bf16 bias log p(x|z) and the AIS estimate: on the VAE of tests/test_evaluate.py the mean AIS
+    log p(x) moved 0.09 nat with bf16 logits, 0.04 with the fp32 output layer.) A decoder other than
+    ``avb.nets.Decoder`` over an ``nn.Sequential`` gets its whole ``log_likelihood`` under autocast."""
+    if precision not in PRECISIONS:
+        raise ValueError(f"eval.precision = {precision!r}; expected one of {', '.join(PRECISIONS)}")
+    dec = model.decoder
+    if precision == "fp32":
+        return dec.log_likelihood
+    if precision == "tf32":
+        def f_tf32(x: torch.Tensor, z: torch.Tensor) -> torch.Tensor:
+            with tf32(True, device):
+                return dec.log_likelihood(x, z)
+        return f_tf32
+    net = getattr(dec, "net", None)
+    plain = (type(dec).log_likelihood is Decoder.log_likelihood and type(dec).forward is Decoder.forward
+             and isinstance(net, torch.nn.Sequential))
+    weighted = [i for i, m in enumerate(net) if any(True for _ in m.parameters())] if plain else []
+
+    def f_bf16(x: torch.Tensor, z: torch.Tensor) -> torch.Tensor:
+        with tf32(True, device):
+            if not weighted:
+                with torch.autocast(device_type=device.type, dtype=torch.bfloat16):
+                    return dec.log_likelihood(x, z).float()
+            with torch.autocast(device_type=device.type, dtype=torch.bfloat16):
+                h = net[:weighted[-1]](z)
+            logits = net[weighted[-1]:](h.float())
+            return -F.binary_cross_entropy_with_logits(logits, x, reduction="none").sum(-1)
+    return f_bf16
+
+
+def call_images(settings: dict[str, Any]) -> int:
+    """Images per AIS call: ``ais_call_images`` rounded up to whole batches of ``batch_size`` (null: one batch)."""
+    bs = int(settings["batch_size"])
+    n = settings.get("ais_call_images") or bs
+    return -(-int(n) // bs) * bs
 
 
 def configure(model: Method, settings: dict[str, Any]) -> Method:
@@ -122,38 +179,56 @@ def configure(model: Method, settings: dict[str, Any]) -> Method:
 def evaluate(model_path: str | Path, settings: dict[str, Any], out_csv: str | Path, out_json: str | Path,
              progress: bool = True, data_dir: str | Path | None = None) -> dict[str, Any]:
     """Run AIS, the ELBO and the IWAE bound on the test subset; writes per-image CSV and a summary JSON atomically."""
-    device = resolve_device(settings["device"])
+    device = resolve_device(settings["device"], why=f"evaluation of {model_path}")
+    info = device_info(device)
+    print(f"[avb] evaluating on {describe(info)}", flush=True)
     model, run = load_model(model_path, device)
     configure(model, settings)
     torch.manual_seed(settings["seed"])
     x_all = test_images(run, settings["n_test"], settings["seed"], data_dir).to(device)
-    gen = torch.Generator().manual_seed(settings["seed"] + 1)
+    gen = torch.Generator(device=device).manual_seed(settings["seed"] + 1)  # AIS: on the device (CPU: as before)
     iwae_gen = torch.Generator().manual_seed(settings["seed"] + 2)  # its own stream: AIS numbers stay as they were
     moments = moment_draws(settings, run)  # AC's r(z|x) from a fixed number of draws, not the batch's images
     iwae_k = int(settings["iwae_samples"])
     memory_mb = settings["ais_memory_mb"]
+    precision = settings.get("precision", "fp32")
+    ais_ll = log_likelihood(model, device, precision)
+    bs, per_call = settings["batch_size"], call_images(settings)
     frames, t0 = [], time.perf_counter()
-    for start in range(0, len(x_all), settings["batch_size"]):
-        x = x_all[start:start + settings["batch_size"]]
-        with torch.no_grad():
-            init = model.proposal(x, moments)
+    for call_start in range(0, len(x_all), per_call):
+        # per batch, in the order of one batch per call: proposal, IWAE, ELBO (their streams as before) ...
+        batches = []
+        for start in range(call_start, min(len(x_all), call_start + per_call), bs):
+            x = x_all[start:start + bs]
+            with torch.no_grad():
+                init = model.proposal(x, moments)
+            iwae_rows = None if memory_mb is None else rows_for_memory(model.decoder.log_likelihood, x, model.z_dim,
+                                                                       memory_mb)
+            iwae, iwae_note = iwae_per_image(model, x, init, iwae_k, iwae_gen, iwae_rows)
+            elbo = elbo_per_image(model, x, settings["elbo_samples"], moments).cpu().numpy()
+            batches.append((start, x, init, iwae, elbo))
+        # ... then AIS for all of them at once, each batch as if by its own call (avb.ais, 'Groups')
+        x = torch.cat([b[1] for b in batches])
+        init = None if batches[0][2] is None else tuple(torch.cat([b[2][i] for b in batches]) for i in (0, 1))
         res = estimate_log_likelihood(
-            model.decoder.log_likelihood, x, model.z_dim, n_steps=settings["ais_steps"],
+            ais_ll, x, model.z_dim, n_steps=settings["ais_steps"],
             n_chains=settings["ais_chains"], init=init, schedule=settings["ais_schedule"],
             leapfrog_steps=settings["leapfrog_steps"], generator=gen, eps=settings["ais_eps"],
-            adapt=settings["ais_adapt"], leapfrog=settings["ais_leapfrog"], memory_mb=memory_mb, progress=progress)
-        iwae_rows = None if memory_mb is None else rows_for_memory(model.decoder.log_likelihood, x, model.z_dim,
-                                                                   memory_mb)
-        iwae, iwae_note = iwae_per_image(model, x, init, iwae_k, iwae_gen, iwae_rows)
-        frames.append(pd.DataFrame({
-            "image": np.arange(start, start + len(x)),
-            "log_px_ais": res.log_px.cpu().numpy(),
-            "ess": res.ess.cpu().numpy(),
-            "elbo": elbo_per_image(model, x, settings["elbo_samples"], moments).cpu().numpy(),
-            "iwae": iwae,
-            "iwae_samples": iwae_k,
-            "final_accept_rate": res.accept_trace[-1] if res.accept_trace else math.nan,
-        }))
+            adapt=settings["ais_adapt"], leapfrog=settings["ais_leapfrog"], memory_mb=memory_mb,
+            adapt_group=bs if len(batches) > 1 else None, progress=progress)
+        log_px, ess = res.log_px.cpu().numpy(), res.ess.cpu().numpy()
+        for start, xb, _, iwae, elbo in batches:
+            rows = slice(start - call_start, start - call_start + len(xb))
+            accept = float(res.last_accept[rows].mean()) if res.last_accept is not None else math.nan
+            frames.append(pd.DataFrame({
+                "image": np.arange(start, start + len(xb)),
+                "log_px_ais": log_px[rows],
+                "ess": ess[rows],
+                "elbo": elbo,
+                "iwae": iwae,
+                "iwae_samples": iwae_k,
+                "final_accept_rate": accept,
+            }))
     per_image = pd.concat(frames, ignore_index=True)
     n = len(per_image)
     summary = {
@@ -173,10 +248,13 @@ def evaluate(model_path: str | Path, settings: dict[str, Any], out_csv: str | Pa
         "ais_init": "encoder gaussian" if model.has_proposal else "prior",
         "ac_moment_draws": moments.n if model.ac else None,
         "mean_ess": float(per_image.ess.mean()), "eval_seconds": time.perf_counter() - t0,
+        "precision": precision, "ais_call_images": per_call,
+        **{f"device_{k}": v for k, v in info.items()},  # flat: device_type, device_name, device_torch_cuda, ...
     }
     summary["gap"] = summary["log_px_ais"] - summary["elbo"]
-    summary.update(bdmc_on_simulated(model, settings, torch.Generator().manual_seed(settings["seed"] + 3),
-                                     moment_draws(settings, run, seed_offset=5)))
+    summary.update(bdmc_on_simulated(model, settings,
+                                     torch.Generator(device=device).manual_seed(settings["seed"] + 3),
+                                     moment_draws(settings, run, seed_offset=5), ais_ll))
     summary["eval_seconds"] = time.perf_counter() - t0
     # never write a NaN / inf log p(x) or ELBO: an error naming the model instead (issue 13)
     io.require_finite({"log_px_ais": per_image.log_px_ais, "elbo": per_image.elbo}, f"evaluation of {model_path}")
@@ -194,12 +272,14 @@ def ais_convergence(model_path: str | Path, settings: dict[str, Any], steps: lis
     budget), and forward / reverse AIS on ``n_images`` images simulated from the model (the sandwich). Tidy CSV:
     one row per (n_steps, estimate) with the mean over images and its standard error.
     """
-    device = resolve_device(settings["device"])
+    device = resolve_device(settings["device"], why=f"AIS convergence of {model_path}")
+    print(f"[avb] AIS convergence on {describe(device_info(device))}", flush=True)
     model, run = load_model(model_path, device)
     configure(model, settings)
+    ais_ll = log_likelihood(model, device, settings.get("precision", "fp32"))
     x_test = test_images(run, n_images, settings["seed"], data_dir).to(device)
     x_sim, z_sim = simulate_bernoulli(model.decoder, n_images, model.z_dim,
-                                      torch.Generator().manual_seed(settings["seed"] + 3))
+                                      torch.Generator(device=device).manual_seed(settings["seed"] + 3))
     common = dict(n_chains=settings["ais_chains"], schedule=settings["ais_schedule"],
                   leapfrog_steps=settings["leapfrog_steps"], eps=settings["ais_eps"], adapt=settings["ais_adapt"],
                   leapfrog=settings["ais_leapfrog"], memory_mb=settings["ais_memory_mb"])
@@ -215,11 +295,11 @@ def ais_convergence(model_path: str | Path, settings: dict[str, Any], steps: lis
                      "se": float(v.std() / math.sqrt(len(v))) if len(v) > 1 else math.nan, "n_images": len(v)})
 
     for n_steps in steps:
-        gen = torch.Generator().manual_seed(settings["seed"] + 1)
-        fwd = estimate_log_likelihood(model.decoder.log_likelihood, x_test, model.z_dim, n_steps=n_steps,
+        gen = torch.Generator(device=device).manual_seed(settings["seed"] + 1)
+        fwd = estimate_log_likelihood(ais_ll, x_test, model.z_dim, n_steps=n_steps,
                                       init=init_test, generator=gen, progress=progress, **common)
         add(n_steps, "ais_test", fwd.log_px)
-        res = bdmc(model.decoder.log_likelihood, x_sim, z_sim, n_steps=n_steps, init=init_sim, generator=gen,
+        res = bdmc(ais_ll, x_sim, z_sim, n_steps=n_steps, init=init_sim, generator=gen,
                    **common)
         add(n_steps, "bdmc_lower", res.lower)
         add(n_steps, "bdmc_upper", res.upper)

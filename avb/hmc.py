@@ -9,8 +9,11 @@
 * ``DualAveraging``: per-row step-size adaptation towards a target acceptance probability (Hoffman & Gelman 2014);
 * ``sample_hmc``: parallel chains with dual-averaging warm-up, then a fixed (optionally jittered) step.
 
-Random numbers come from one CPU ``torch.Generator`` (momenta, then the uniforms of the test, per transition) and are
-moved to the state's device, so the draws do not depend on the device.
+Random numbers come from one ``torch.Generator`` (momenta, then the uniforms of the test, per transition), drawn on
+the generator's own device and moved to the state's: a CPU generator gives the same draws whatever the state's
+device; a CUDA generator draws on the GPU (no host copies; reproducible per device). ``generator`` may also be an
+object with ``normal(shape, dtype, device)`` / ``uniform(shape, dtype, device)`` methods (``avb.ais``'s per-group
+streams); None is torch's default CPU stream.
 """
 from __future__ import annotations
 
@@ -75,6 +78,22 @@ def metropolis_accept(u_old: torch.Tensor, u_new: torch.Tensor, p0: torch.Tensor
     return accept, log_accept
 
 
+def normal(generator, shape: tuple[int, ...], dtype: torch.dtype | None, device: torch.device) -> torch.Tensor:
+    """N(0, 1) draws of ``shape`` from ``generator`` on its own device (the CPU for None), on ``device``."""
+    if hasattr(generator, "normal"):
+        return generator.normal(shape, dtype, device)
+    where = generator.device if generator is not None else "cpu"
+    return torch.randn(*shape, generator=generator, dtype=dtype, device=where).to(device)
+
+
+def uniform(generator, shape: tuple[int, ...], dtype: torch.dtype | None, device: torch.device) -> torch.Tensor:
+    """U(0, 1) draws of ``shape``, as ``normal``."""
+    if hasattr(generator, "uniform"):
+        return generator.uniform(shape, dtype, device)
+    where = generator.device if generator is not None else "cpu"
+    return torch.rand(*shape, generator=generator, dtype=dtype, device=where).to(device)
+
+
 def transition(z: torch.Tensor, state: State, *, step: torch.Tensor, n_pos: int, force: Callable,
                evaluate: Callable[[torch.Tensor], State], potential: Callable[[State], torch.Tensor],
                generator: torch.Generator | None = None, complete: Callable[[torch.Tensor, State], State] | None = None,
@@ -85,16 +104,16 @@ def transition(z: torch.Tensor, state: State, *, step: torch.Tensor, n_pos: int,
     ``force``, ``evaluate`` and ``n_pos``) runs from (z, state); ``complete(zn, s)``, if given, extends the state
     ``evaluate`` returned at the end point to a full state (quantities the leapfrog does not need). ``potential(state)``
     is U per row. Each row keeps the proposal where ``metropolis_accept`` accepts it. Random numbers: p0, then the
-    uniforms, from ``generator`` on the CPU in ``dtype`` (None: torch's default), moved to z's device. Returns the new
-    z and state, the accept mask and the log acceptance ratio.
+    uniforms, from ``generator`` (``normal`` / ``uniform``: on its own device) in ``dtype`` (None: torch's default),
+    on z's device. Returns the new z and state, the accept mask and the log acceptance ratio.
     """
     n, d = z.shape
-    p0 = torch.randn(n, d, generator=generator, dtype=dtype).to(z.device)
+    p0 = normal(generator, (n, d), dtype, z.device)
     zn, state_n, p = leapfrog_trajectory(z, p0, step, n_pos, force, evaluate, state)
     if complete is not None:
         state_n = complete(zn, state_n)
-    uniform = torch.rand(n, generator=generator, dtype=dtype).to(z.device)
-    accept, log_accept = metropolis_accept(potential(state), potential(state_n), p0, p, uniform)
+    u = uniform(generator, (n,), dtype, z.device)
+    accept, log_accept = metropolis_accept(potential(state), potential(state_n), p0, p, u)
 
     def keep(new: torch.Tensor, old: torch.Tensor) -> torch.Tensor:
         return torch.where(accept.view(-1, *[1] * (old.dim() - 1)), new, old)

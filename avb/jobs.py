@@ -105,14 +105,20 @@ def validates(cfg: dict[str, Any]) -> bool:
 
 def eval_config(cfg: dict[str, Any], dataset: str, method: str, z_dim: int, seed: int) -> dict[str, Any]:
     """The run's resolved ``eval`` section, as ``avb evaluate --config`` reads it (``ac_moment_draws`` only for
-    AVB + AC, the one method with moments to estimate; ``iaf_ais_start`` only for VAE + IAF)."""
+    AVB + AC, the one method with moments to estimate; ``iaf_ais_start`` only for VAE + IAF; the speed keys only
+    where they are not at their defaults, ``EVAL_SPEED_DEFAULTS``)."""
     ev = run_config(cfg, dataset, method, z_dim, seed)["eval"]
     return {k: v for k, v in ev.items() if (k != "ac_moment_draws" or method == "avb_ac")
-            and (k != "iaf_ais_start" or method == "iaf")}
+            and (k != "iaf_ais_start" or method == "iaf") and (k not in EVAL_SPEED_DEFAULTS or
+                                                               v != EVAL_SPEED_DEFAULTS[k])}
 
 
+# eval keys of issue 15, left out of eval_config.json at their defaults (the evaluation as before): a run's settings
+# file, and so its evaluation, stay as they were unless the preset sets them.
+EVAL_SPEED_DEFAULTS = {"ais_call_images": None, "precision": "fp32"}
 # eval keys the AIS-budget study does not read: it runs its own budgets on its own images (config `convergence`).
-CONVERGENCE_UNREAD_EVAL_KEYS = ("n_test", "batch_size", "ais_steps", "elbo_samples", "iwae_samples", "bdmc_images")
+CONVERGENCE_UNREAD_EVAL_KEYS = ("n_test", "batch_size", "ais_steps", "elbo_samples", "iwae_samples", "bdmc_images",
+                                "ais_call_images")
 
 
 def convergence_config(cfg: dict[str, Any], dataset: str, method: str, z_dim: int, seed: int) -> dict[str, Any]:

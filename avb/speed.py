@@ -27,6 +27,8 @@ from typing import Any, Callable, Iterator
 import torch
 from torch import nn
 
+from .device import tf32
+
 DEFAULTS: dict[str, Any] = {"precision": "fp32", "compile": "none", "channels_last": False,
                             "cudnn_benchmark": False, "adam": "auto"}
 PRECISIONS = ("fp32", "tf32", "bf16")
@@ -65,36 +67,19 @@ def prepare(model: nn.Module, opts: dict[str, Any], device: torch.device) -> nn.
 
 @contextlib.contextmanager
 def job_flags(opts: dict[str, Any], device: torch.device, model: nn.Module) -> Iterator[None]:
-    """TF32 (precision tf32 / bf16) and cudnn.benchmark (conv nets) for the job on CUDA; put back afterwards.
-    On the CPU nothing changes."""
+    """TF32 (precision tf32 / bf16; ``avb.device.tf32``) and cudnn.benchmark (conv nets) for the job on CUDA; put
+    back afterwards. On the CPU nothing changes."""
     if device.type != "cuda":
         yield
         return
-    new_api = hasattr(torch.backends.cuda.matmul, "fp32_precision")  # torch >= 2.9; never mixed with allow_tf32
-    tf32 = opts["precision"] in ("tf32", "bf16")
-    if new_api:
-        flags = (torch.backends.cuda.matmul, torch.backends.cudnn.conv)
-        old = [f.fp32_precision for f in flags]
-    else:
-        old = [torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32]
     benchmark = torch.backends.cudnn.benchmark
     try:
-        if tf32:
-            if new_api:
-                for f in flags:
-                    f.fp32_precision = "tf32"
-            else:
-                torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = True
         if opts["cudnn_benchmark"] and has_convs(model):
             torch.backends.cudnn.benchmark = True
-        yield
+        with tf32(opts["precision"] in ("tf32", "bf16"), device):
+            yield
     finally:
         torch.backends.cudnn.benchmark = benchmark
-        if new_api:
-            for f, v in zip(flags, old):
-                f.fp32_precision = v
-        else:
-            torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32 = old
 
 
 def autocast(opts: dict[str, Any], device: torch.device) -> Callable[[], contextlib.AbstractContextManager]:

@@ -164,10 +164,11 @@ def encoder_samples(model: Method, x: torch.Tensor, n: int) -> torch.Tensor:
 @torch.no_grad()
 def evaluate(model_path: str | os.PathLike, settings: dict[str, Any] | None = None) -> tuple[dict, dict]:
     """Exact and estimated quantities of one trained toy model: (summary dict, arrays for the figure)."""
-    from .train import resolve_device
+    from .device import describe, device_info, resolve_device
     s = section("toy.eval", settings or {}, "toy eval settings")  # unset keys: the schema's defaults
     t0 = time.perf_counter()
-    device = resolve_device(s["device"])
+    device = resolve_device(s["device"], why=f"toy evaluation of {model_path}")
+    print(f"[avb] toy evaluation on {describe(device_info(device))}", flush=True)
     model, run = load_model(model_path, device)
     torch.manual_seed(s["seed"])
     L, n = float(s["grid_limit"]), int(s["grid_size"])

@@ -48,6 +48,7 @@ import torch
 from tqdm.auto import tqdm
 
 from . import io, speed
+from .device import describe, device_info, resolve_device  # noqa: F401 (resolve_device: importable from here)
 from .experiments import batches as make_batches, build
 from .monitor import CsvLog, Monitor, write_rows
 from .objectives import Method, Step
@@ -68,12 +69,6 @@ class TrainingDiverged(RuntimeError):
 
 class TrainingInterrupted(RuntimeError):
     """SIGTERM / SIGUSR1 arrived; a checkpoint at the current step was written, a rerun resumes from it."""
-
-
-def resolve_device(name: str) -> torch.device:
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    return torch.device(name)
 
 
 def make_optimizers(model: Method, tr: dict[str, Any]) -> tuple[torch.optim.Adam, torch.optim.Adam | None]:
@@ -241,7 +236,8 @@ def setup(run: dict[str, Any], data_dir: str | os.PathLike | None = None
     the training batches and the model (``avb.experiments``), on ``train.device``. Returns (model, batches,
     generator) for ``fit``. ``data_dir`` (else ``run['data_dir']``, where present) is the explicit data folder of an
     image run (see ``avb.data``)."""
-    device = resolve_device(run["train"]["device"])
+    device = resolve_device(run["train"]["device"], why="training")
+    print(f"[avb] training on {describe(device_info(device))}", flush=True)
     torch.manual_seed(run["seed"])
     data_gen = torch.Generator().manual_seed(run["seed"] + 1)
     batches = make_batches(run, data_gen, device, data_dir)

@@ -280,6 +280,32 @@ def test_results_do_not_depend_on_the_chunking(adapt):
     assert torch.allclose(iw[0], iw[1], atol=1e-5)
 
 
+@pytest.mark.parametrize("adapt", ["official", "wu", "none"])
+def test_batches_grouped_in_one_call_give_the_numbers_of_one_call_per_batch(adapt):
+    """adapt_group: each batch of images keeps its own step adaptation and its own random numbers (those the calls
+    one after the other would draw), and the generator ends where they leave it. With the same rows per decoder
+    evaluation the numbers are identical; with other chunks, up to float rounding."""
+    log_lik, x, *_ = _model(n=10, **EASY)
+    opts = dict(n_steps=15, n_chains=3, adapt=adapt, eps=0.05)
+
+    gen = torch.Generator().manual_seed(5)
+    seq = [estimate_log_likelihood(log_lik, x[s:s + 4], 2, generator=gen, max_rows=12, **opts)
+           for s in range(0, 10, 4)]  # batches of 4, 4 and 2 images
+    after_seq = torch.rand(4, generator=gen)
+    gen = torch.Generator().manual_seed(5)
+    one = estimate_log_likelihood(log_lik, x, 2, generator=gen, max_rows=12, adapt_group=4, **opts)
+    assert torch.equal(torch.rand(4, generator=gen), after_seq)
+    assert torch.equal(one.log_weights, torch.cat([r.log_weights for r in seq]))
+    assert torch.equal(one.last_accept, torch.cat([r.last_accept for r in seq]))
+    if adapt == "official":  # the groups' own adaptation matters: one eps for all images gives other numbers
+        shared = estimate_log_likelihood(log_lik, x, 2, generator=torch.Generator().manual_seed(5), max_rows=12,
+                                         **opts)
+        assert not torch.equal(shared.log_weights[:4], seq[0].log_weights)
+    other = estimate_log_likelihood(log_lik, x, 2, generator=torch.Generator().manual_seed(5), adapt_group=4,
+                                    **opts)  # all 30 rows per evaluation
+    assert torch.allclose(other.log_weights, one.log_weights, atol=1e-4)
+
+
 def test_memory_budget_sizes_the_chunks():
     """rows_for_memory grows linearly with the budget and counts the decoder's activations (~3 KiB a row here)."""
     dec = build({"method": "vae", "z_dim": 8, "model": {"hidden": 64}}).decoder  # the full0 decoder, 64 wide

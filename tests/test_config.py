@@ -261,13 +261,16 @@ def test_a_job_checks_its_file_against_the_schema_section_not_a_fake_preset():
     with pytest.raises(C.ConfigError, match=r"report\.n_samples: nan is not a finite number"):
         C.section("report", {"n_samples": float("nan")}, "f.json")
     # a file the pipeline wrote is complete: it passes unchanged, but for the method-specific keys the method does not
-    # read (left out of its file so that they rerun nothing of it), which get their defaults
+    # read (left out of its file so that they rerun nothing of it) and the evaluation speed keys at their defaults
+    # (issue 15: left out so that a settings file stays as it was), which get their defaults
     cfg = C.validate({"preset": "x", "methods": ["avb_ac", "iaf"]})
     for method in ("avb_ac", "iaf"):
         ev = J.eval_config(cfg, "mnist", method, 8, 0)
         full = C.section("eval", ev, "eval_config.json")
         reads = {"avb_ac": "ac_moment_draws", "iaf": "iaf_ais_start"}[method]
-        assert {k: full[k] for k in ev} == ev and set(full) - set(ev) == {"ac_moment_draws", "iaf_ais_start"} - {reads}
+        assert {k: full[k] for k in ev} == ev
+        assert set(full) - set(ev) == ({"ac_moment_draws", "iaf_ais_start"} - {reads}) | set(J.EVAL_SPEED_DEFAULTS)
+        assert {k: full[k] for k in J.EVAL_SPEED_DEFAULTS} == J.EVAL_SPEED_DEFAULTS
 
 
 def test_renamed_toy_key_is_an_error_naming_the_new_one():

@@ -50,6 +50,50 @@ def test_avb_has_no_iwae_and_says_why(trained, tmp_path):
     assert math.isfinite(s["log_px_ais"])
 
 
+def test_ais_call_size_changes_no_number(trained, tmp_path):
+    """eval.ais_call_images puts several batches in one AIS call, each batch as by its own call (avb.ais, 'Groups'):
+    the per-image numbers are those of one call per batch (AIS up to the float rounding of other decoder chunks;
+    the ELBO and IWAE streams untouched). eval.json says which call size and device ran."""
+    small = dict(ais_steps=20, ais_chains=2, elbo_samples=1, iwae_samples=5, bdmc_images=0)
+    s1 = evaluate(trained["vae"], settings(**small), tmp_path / "a.csv", tmp_path / "a.json", progress=False)
+    s2 = evaluate(trained["vae"], settings(**small, ais_call_images=13), tmp_path / "b.csv", tmp_path / "b.json",
+                  progress=False)
+    a, b = pd.read_csv(tmp_path / "a.csv"), pd.read_csv(tmp_path / "b.csv")
+    assert (s1["ais_call_images"], s2["ais_call_images"]) == (8, 16)  # rounded up to whole batches of 8
+    assert s1["device_type"] == "cpu" and s1["precision"] == "fp32" and s1["device_torch"]
+    assert a.elbo.tolist() == b.elbo.tolist() and a.iwae.tolist() == b.iwae.tolist()
+    assert a.log_px_ais.tolist() == pytest.approx(b.log_px_ais.tolist(), abs=1e-4)
+    assert a.final_accept_rate.tolist() == pytest.approx(b.final_accept_rate.tolist())
+    assert (b.groupby(b.image // 8).final_accept_rate.nunique() == 1).all()  # one rate per batch, not per call
+
+
+def test_bf16_ais_is_within_0_1_nat_of_fp32(trained):
+    """eval.precision bf16 (the decoder under bfloat16 autocast, its output layer and the sum in fp32) on a trained
+    model: log p(x|z) per row and the mean AIS log p(x) stay within 0.1 nat of fp32 (CPU autocast; the GPU check is
+    tests/test_gpu_eval.py)."""
+    import torch
+
+    from avb.ais import estimate_log_likelihood
+    from avb.evaluate import log_likelihood, test_images
+    from avb.experiments import load_model
+
+    model, run = load_model(trained["vae"], "cpu")
+    x = test_images(run, 32, 1234)
+    cpu = torch.device("cpu")
+    f32, f16 = log_likelihood(model, cpu, "fp32"), log_likelihood(model, cpu, "bf16")
+    z = torch.randn(256, 2, generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        rows = (f16(x.repeat(8, 1), z) - f32(x.repeat(8, 1), z)).abs()
+    assert 0 < rows.mean() < 0.1  # bf16 did run (not fp32), and close; a bf16 sum over 784 pixels is ~0.25 off
+    with torch.no_grad():
+        init = model.proposal(x, None)
+    est = {p: estimate_log_likelihood(f, x, 2, n_steps=100, n_chains=4, init=init,
+                                      generator=torch.Generator().manual_seed(7)).log_px.mean().item()
+           for p, f in (("fp32", f32), ("bf16", f16))}
+    print(f"AIS mean log p(x): fp32 {est['fp32']:.4f}, bf16 {est['bf16']:.4f}")
+    assert abs(est["bf16"] - est["fp32"]) < 0.1
+
+
 def test_atomic_writes_honour_the_umask(tmp_path):
     import os
     import stat

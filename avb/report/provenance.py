@@ -2,8 +2,10 @@
 
 The Snakefile's ``onstart`` / ``onsuccess`` / ``onerror`` hooks append to ``results/<preset>/provenance.json``: the
 commit (flagged when the tree had uncommitted changes), the machine, the software, the command line, the rules it
-ran, when it started and how long it took, and whether it succeeded. ``snakemake paper`` states these records beside
-the numbers. Imports no torch (the Snakefile imports this module in every Snakemake call).
+ran, when it started and how long it took, whether it succeeded, and (records from issue 15 on) ``devices``: the
+torch build and the machine's GPUs (``avb.device.host_info``; each job's own device is in its log and eval.json).
+``snakemake paper`` states these records beside the numbers. Imports no torch (the Snakefile imports this module in
+every Snakemake call).
 """
 from __future__ import annotations
 
@@ -21,6 +23,7 @@ from pathlib import Path
 from typing import Any, Iterable
 
 from .. import io
+from ..device import host_info
 
 ROOT = Path(__file__).resolve().parents[2]
 DIRTY_IGNORED = (":(exclude)results", ":(exclude)paper")
@@ -87,7 +90,7 @@ def started(path: str | os.PathLike, argv: Iterable[str], rules: Iterable[str], 
     """Append a record for an invocation that is about to run ``n_jobs`` jobs of ``rules``; returns its id."""
     record = {"id": uuid.uuid4().hex, "started": now(), "start_unix": time.time(), "status": "running",
               "command": shlex.join(argv), "rules": sorted(set(rules)), "jobs": n_jobs, "commit": commit(),
-              "machine": machine(), "software": software()}
+              "machine": machine(), "software": software(), "devices": host_info()}
     io.write_json(load(path) + [record], path)
     return record["id"]
 
@@ -99,6 +102,13 @@ def finished(path: str | os.PathLike, record_id: str, status: str) -> None:
         if r["id"] == record_id:
             r.update(finished=now(), wall_s=round(time.time() - r["start_unix"], 1), status=status)
     io.write_json(records, path)
+
+
+def devices(record: dict[str, Any]) -> str:
+    """One line for a record's ``devices`` (torch build, GPUs seen by nvidia-smi)."""
+    d = record["devices"]
+    gpus = ", ".join(f"{g['name']} (capability {g['capability']}, driver {g['driver']})" for g in d.get("gpus", []))
+    return f"torch {d.get('torch')} (CUDA build {d.get('torch_cuda')}); GPUs: {gpus or 'none'}"
 
 
 def markdown(records: list[dict[str, Any]], skip_rules: set[str] = frozenset({"paper"})) -> list[str]:
@@ -115,5 +125,6 @@ def markdown(records: list[dict[str, Any]], skip_rules: set[str] = frozenset({"p
     total = sum(r.get("wall_s", 0.0) for r in rows)
     lines += ["", f"* total wall time of these invocations: {total / 60:.1f} min",
               *(f"* machine: {m}" for m in dict.fromkeys(r["machine"] for r in rows)),
-              *(f"* software: {s}" for s in dict.fromkeys(r["software"] for r in rows))]
+              *(f"* software: {s}" for s in dict.fromkeys(r["software"] for r in rows)),
+              *(f"* devices: {d}" for d in dict.fromkeys(devices(r) for r in rows if "devices" in r))]
     return lines

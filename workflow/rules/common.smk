@@ -34,14 +34,17 @@ def avb_bin(wildcards, output):
 AVB_PARAMS = {"avb_pythonpath": avb_pythonpath, "avb_bin": avb_bin}
 
 
-def avb(args):
+def avb(args, gpu=False):
     """The shell command `exec python -m avb.cli <args>` with this workflow's PYTHONPATH and PATH (its rule has
     `params: **AVB_PARAMS`). `exec` makes Python the job's process, so a SIGTERM from SLURM (its time limit,
     preemption) reaches it and it checkpoints before it exits, while Snakemake waits for it. No rule chains a command
-    after it. (The doubled braces are Snakemake's escape for a literal brace.)"""
+    after it. (The doubled braces are Snakemake's escape for a literal brace.) `gpu`: the rule has a `gpu` resource;
+    the job gets AVB_REQUIRE_GPU = that count, so a job that asked for a GPU and finds none fails (avb/device.py)
+    instead of running on the CPU."""
+    require = " AVB_REQUIRE_GPU={resources.gpu}" if gpu else ""
     return (
-        "export PYTHONPATH={params.avb_pythonpath:q}${{PYTHONPATH:+:$PYTHONPATH}} PATH={params.avb_bin:q}$PATH; "
-        f"exec python -m avb.cli {args}"
+        "export PYTHONPATH={params.avb_pythonpath:q}${{PYTHONPATH:+:$PYTHONPATH}} PATH={params.avb_bin:q}$PATH"
+        f"{require}; exec python -m avb.cli {args}"
     )
 
 

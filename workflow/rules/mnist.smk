@@ -86,7 +86,10 @@ rule train:
         out=run_dir,
         resolved=lambda w, input: run_config(w),  # for the report's caption (untracked: config.json is)
     shell:
-        avb("train {input:q} --out {params.out:q} --data-dir={params.data:q} --threads {threads} > {log:q} 2>&1")
+        avb(
+            "train {input:q} --out {params.out:q} --data-dir={params.data:q} --threads {threads} > {log:q} 2>&1",
+            gpu=True,
+        )
 
 
 # --- evaluation: AIS log p(x) per test image and the ELBO. Each job reads its settings from a JSON file in the run
@@ -145,7 +148,8 @@ rule evaluate:
     shell:
         avb(
             "evaluate {input.model:q} --config {input.settings:q} --data-dir={params.data:q} "
-            "--out-csv {output.per_image:q} --out-json {output.summary:q} --threads {threads} > {log:q} 2>&1"
+            "--out-csv {output.per_image:q} --out-json {output.summary:q} --threads {threads} > {log:q} 2>&1",
+            gpu=True,
         )
 
 
@@ -190,7 +194,8 @@ rule ais_convergence:
     shell:
         avb(
             "convergence {input.model:q} --config {input.settings:q} --data-dir={params.data:q} --out-csv {output:q} "
-            "--threads {threads} > {log:q} 2>&1"
+            "--threads {threads} > {log:q} 2>&1",
+            gpu=True,
         )
 
 

@@ -86,7 +86,8 @@ rule schools_fit:
     shell:
         avb(
             "schools fit --method {wildcards.schools_method:q} --config {input.settings:q} --out {params.out:q} "
-            "--threads {threads} > {log:q} 2>&1"
+            "--threads {threads} > {log:q} 2>&1",
+            gpu=True,
         )
 
 

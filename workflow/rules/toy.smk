@@ -54,7 +54,10 @@ rule toy_train:
         **AVB_PARAMS,
         out=run_dir,
     shell:
-        avb("toy train {input:q} --out {params.out:q} --threads {threads} > {log:q} 2>&1")
+        avb(
+            "toy train {input:q} --out {params.out:q} --threads {threads} > {log:q} 2>&1",
+            gpu=True,
+        )
 
 
 rule toy_eval_config:
@@ -97,7 +100,8 @@ rule toy_evaluate:
     shell:
         avb(
             "toy evaluate {input.model:q} --config {input.settings:q} --out-json {output.summary:q} "
-            "--out-npz {output.arrays:q} --threads {threads} > {log:q} 2>&1"
+            "--out-npz {output.arrays:q} --threads {threads} > {log:q} 2>&1",
+            gpu=True,
         )
 
 
