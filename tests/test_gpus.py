@@ -18,6 +18,7 @@ import time
 from pathlib import Path
 
 import pytest
+import torch
 import yaml
 
 from avb import cli, gpus, jobs
@@ -252,8 +253,10 @@ def test_gpu_jobs_hold_one_gpu_slot_and_the_default_profile_caps_them(tmp_path):
 
 @pytest.mark.slow
 def test_a_pipeline_job_takes_its_device_slot_from_the_environment(tmp_path, monkeypatch):
-    """AVB_GPUS reaches the jobs through Snakemake's environment: the training job takes a slot and trains with
-    CUDA_VISIBLE_DEVICES set to its device (on this CPU machine a fake id: the job then runs on the CPU)."""
+    """AVB_GPUS reaches the jobs through Snakemake's environment: the training job takes a slot and starts with
+    CUDA_VISIBLE_DEVICES set to its device. On this CPU machine the id is fake, so no CUDA device exists: the job,
+    whose resources asked for a GPU (AVB_REQUIRE_GPU=1, issue 15 item 1), then fails saying so instead of training
+    on the CPU, and its slot is released."""
     cfg = tmp_path / "tiny.yaml"
     cfg.write_text(yaml.safe_dump(TINY))
     monkeypatch.setenv("AVB_GPUS", "fake7")
@@ -261,7 +264,9 @@ def test_a_pipeline_job_takes_its_device_slot_from_the_environment(tmp_path, mon
     monkeypatch.setenv("AVB_GPU_LOCK_DIR", str(tmp_path / "locks"))
     target = "results/slots/runs/mnist/vae/z2/seed0/model.pt"
     r = snakemake(tmp_path, target, "--cores", "1", "--configfile", str(cfg))
-    assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
     log = (tmp_path / "results/slots/runs/mnist/vae/z2/seed0/logs/train.log").read_text()
     assert "GPU slot 1 of 1 on device fake7" in log and "CUDA_VISIBLE_DEVICES=fake7" in log, log[-2000:]
+    if not torch.cuda.is_available():
+        assert r.returncode != 0 and "AVB_REQUIRE_GPU=1" in log and "NoCudaDevice" in log, log[-2000:]
+        assert not (tmp_path / target).exists()
     assert gpus.try_acquire(["fake7"], 1, tmp_path / "locks") is not None   # released when the job ended
