@@ -42,7 +42,11 @@ class NoCudaDevice(RuntimeError):
 
 
 def gpu_required() -> bool:
-    """Whether this job's scheduler resources asked for a GPU (``AVB_REQUIRE_GPU`` set to a count > 0)."""
+    """Whether this job's scheduler resources asked for a GPU (``AVB_REQUIRE_GPU`` set to a count > 0), unless
+    ``AVB_ALLOW_NO_GPU=1``: a machine without GPUs that tests the GPU scheduling (slots, caps), where a job that
+    asked for one falls back to the CPU loudly, as ``auto`` does."""
+    if os.environ.get("AVB_ALLOW_NO_GPU", "").strip() == "1":
+        return False
     value = os.environ.get(ENV_REQUIRE_GPU, "").strip()
     try:
         return float(value or 0) > 0
