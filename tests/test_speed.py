@@ -83,7 +83,7 @@ def _inductor_reason() -> str | None:
 # runs, as inductor (which decomposes too) does.
 @pytest.mark.parametrize("backend", ["aot_eager_decomp_partition", pytest.param("inductor", marks=pytest.mark.slow)])
 @pytest.mark.parametrize("method", ["vae", "avb_ac"])
-def test_compiled_step_matches_the_eager_step(method, backend, monkeypatch):
+def test_compiled_step_matches_the_eager_step(method, backend, request):
     """train.compile: the compiled forward (its backward through AOTAutograd) gives the eager step's losses and
     parameters within float tolerance over a few updates. Inductor draws its own random numbers unless told to
     use eager's (fallback_random), which the comparison needs."""
@@ -92,7 +92,10 @@ def test_compiled_step_matches_the_eager_step(method, backend, monkeypatch):
         if reason:
             pytest.skip(reason)
         import torch._inductor.config as inductor_config
-        monkeypatch.setattr(inductor_config, "fallback_random", True)
+        # torch's own config patch (monkeypatch's undo deletes the key from inductor's config: later compiles fail)
+        patch = inductor_config.patch(fallback_random=True)
+        patch.__enter__()
+        request.addfinalizer(lambda: patch.__exit__(None, None, None))
     torch._dynamo.reset()
     run = run_config(method)
     torch.manual_seed(0)
