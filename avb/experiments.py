@@ -198,7 +198,7 @@ def load_model(path: str | os.PathLike, device: str | torch.device = "cpu") -> t
     or that are not all finite, are an error naming the file.
     """
     from . import io
-    from .train import nonfinite_parameters
+    from .step import nonfinite_parameters
 
     ck = io.load_torch(path, "cpu", ("run", "model", "step"))
     try:

@@ -58,7 +58,7 @@ class Snapshots:
     """
 
     def __init__(self, model: "Method", run: dict[str, Any], path: str | Path):
-        from .train import config_change
+        from .checkpoint import config_change
 
         self.model, self.run, self.path = model, run, Path(path)
         snap = run["snapshots"]

@@ -127,7 +127,7 @@ class Validator:
         """At the start of ``fit`` (at ``step``): a run from step 0 removes the best-validation files of an earlier
         run; a resumed run keeps checkpoint.best.pt where it was written for this run config (its ELBO is the one to
         beat), else removes it. model.best.pt is written again at the end (``publish``)."""
-        from .train import config_change
+        from .checkpoint import config_change
 
         self.best = None
         if step > 0 and self.running_path.exists():

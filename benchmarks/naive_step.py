@@ -1,7 +1,7 @@
 """The naive training step both CPU and GPU benchmarks time the project against: the method's losses written out
 inline over the model's own modules (``encoder`` / ``decoder`` / ``adversary``), two default ``torch.optim.Adam``
 and the official simultaneous update (adversary backward with ``retain_graph``, primal backward, both steps). The
-same arithmetic as ``avb.train.train_step``, as a researcher writes it in an afternoon: eager, no autocast, no
+same arithmetic as ``avb.step.train_step``, as a researcher writes it in an afternoon: eager, no autocast, no
 compile, no fused optimiser, no channels-last."""
 from __future__ import annotations
 

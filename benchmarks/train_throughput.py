@@ -1,4 +1,4 @@
-"""Training throughput: the project's step (``avb.train.train_step``) against a bare hand-written PyTorch loop.
+"""Training throughput: the project's step (``avb.step.train_step``) against a bare hand-written PyTorch loop.
 
 Both sides train the same networks (``avb.experiments.build``: arch mlp, the official full0 sizes, hidden 300,
 eps_dim 32, 16 basis vectors; adversary widths of ``config/quick.yaml``, adv_hidden 256, adv_embed 256, 3 layers),
@@ -36,7 +36,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from avb.experiments import build  # noqa: E402
-from avb.train import StepMeter, step_metrics, train_step  # noqa: E402
+from avb.step import StepMeter, step_metrics, train_step  # noqa: E402
 from naive_step import NaiveStep  # noqa: E402
 
 METHODS = ("vae", "avb", "avb_ac")

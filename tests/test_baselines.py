@@ -126,8 +126,8 @@ def built(run: dict, seed: int = 0) -> tuple[ob.Method, torch.Tensor]:
 
 def test_iaf_with_zero_layers_is_the_vae_bit_for_bit():
     """Same initial weights (names and values), same random stream after building, and 15 training steps
-    (``avb.train.train_step``, Adam beta1 0.5) with identical losses and parameters, compared with torch.equal."""
-    from avb.train import make_optimizers, train_step
+    (``avb.step.train_step``, Adam beta1 0.5) with identical losses and parameters, compared with torch.equal."""
+    from avb.step import make_optimizers, train_step
     vae, after_vae = built(small_run("vae"))
     iaf, after_iaf = built(small_run("iaf", iaf_layers=0, iaf_kl="analytic"))
     assert torch.equal(after_vae, after_iaf)

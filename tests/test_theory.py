@@ -411,9 +411,9 @@ class LinearGaussianProblem:
 
 def train_avb(problem: LinearGaussianProblem, ac: bool, steps: int, lr: float, lr_adversary: float, seed: int = 0,
               batch: int = 128, eval_every: int = 50, cosine: bool = False, stop=None) -> list[dict[str, float]]:
-    """Train with the project's objective and its training step (``avb.train.train_step``: one forward, adversary
+    """Train with the project's objective and its training step (``avb.step.train_step``: one forward, adversary
     and primal gradients from it, both Adam steps at once; Adam beta1 = 0.5 as in the configs)."""
-    from avb.train import train_step
+    from avb.step import train_step
     torch.manual_seed(seed)
     model = problem.model(ac)
     pp, pa = model.primal_parameters(), model.adversary_parameters()
