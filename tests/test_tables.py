@@ -95,3 +95,19 @@ def test_table2_shows_our_baselines_beside_the_literature_values_of_the_same_met
     assert order == ["vae", "iaf", "auxvae"]
     tex = tables.table2_latex(tables.aggregate(df))
     assert "Kingma et al., 2016" in tex and "VAE + IAF (8-dim)" in tex and "?" not in tex and "≈" not in tex
+
+
+def test_a_run_whose_ais_is_below_its_iwae_bound_is_named_in_both_tables():
+    """Both are stochastic lower bounds: where the AIS is the lower one, the tables say its budget was too small
+    (the VAE rows here have AIS above the IWAE and are not named)."""
+    iaf = runs("iaf", 8, values=(-116.4,))
+    iaf["iwae"] = -114.3
+    df = pd.concat([runs("vae", 8), iaf], ignore_index=True)
+    df = df.assign(elbo_is_bound=True, elbo_se=1.0, iwae_se=1.0, iwae_samples=100, log_px_ais_se=1.0)
+    note = next(line for line in tables.markdown(df).splitlines() if line.startswith("AIS below the IWAE bound"))
+    assert "VAE + IAF (8-dim, seed 0): AIS -116.40, IWAE -114.30" in note and "VAE (" not in note
+    t2 = next(line for line in tables.table2_markdown(tables.aggregate(df)).splitlines()
+              if line.startswith("AIS below the IWAE bound"))
+    assert "VAE + IAF (8-dim): AIS -116.40" in t2 and "seed" not in t2.split(".")[0]
+    assert tables.ais_below_iwae(runs("vae", 8)) == ""
+    assert "\\toprule" in tables.table2_latex(tables.aggregate(df))  # the note stays out of the LaTeX tabular
