@@ -18,9 +18,9 @@ every method sees a "decoder" log p(y|z) and the standard prior, like the image 
 * Baselines: ADVI mean-field and full-rank (``avb.objectives.GaussianVI``): a reparameterised Gaussian q maximising
   the ELBO with Adam; the KL to the N(0, I) prior is analytic, E_q log p(y|z) is a Monte-Carlo average over the batch.
 * AVB and AVB + AC (``avb.experiments.build``): the notebook's sampler and residual adversary as an
-  ``avb.objectives.AVB`` model, trained by ``avb.train.fit`` on a dummy (empty) x (``fit_method``); with AC, r is a
-  Gaussian with the stop-gradient batch moments of z (sigma = std + 1e-6 as the notebook, or sqrt(var + floor) as
-  the MNIST code: ``ac_floor_mode``). For AC the notebook's logit also carries + sum log sigma (its A estimates
+  ``avb.objectives.AVB`` model, trained by ``avb.train.fit`` on a dummy (empty) x (``avb.schools_fit.fit_method``);
+  with AC, r is a Gaussian with the stop-gradient batch moments of z (sigma = std + 1e-6 as the notebook, or
+  sqrt(var + floor) as the MNIST code: ``ac_floor_mode``). For AC the notebook's logit also carries + sum log sigma (its A estimates
   log q(z) rather than log q~(z_bar)); that per-batch constant is left out here.
 * Metrics (``avb.report.schools.summarize``, with the report's table and figure): absolute errors of the posterior
   means and standard deviations per parameter against the exact reference; the energy distance to gold-standard HMC
@@ -33,7 +33,6 @@ every method sees a "decoder" log p(y|z) and the standard prior, like the image 
 from __future__ import annotations
 
 import math
-import time
 from pathlib import Path
 from typing import Any
 
@@ -200,33 +199,3 @@ def elbo_estimate(model: Method, n: int, seed: int) -> tuple[float, float]:
     s = model(torch.empty(n, 0, device=dev))
     e = s.elbo.double().cpu()
     return float(e.mean()), float(e.std() / math.sqrt(n))
-
-
-def fit_method(run: dict[str, Any], out_dir: str | Path, progress: bool = False) -> dict[str, Any]:
-    """Train one method with ``avb.train.fit`` (checkpoints, resume, NaN guard, metrics CSV); write ``samples.npz``
-    (``run['n_samples']`` draws), ``snapshots.npz`` (draws during training for the KL curve, ``avb.schools_kl``) and
-    ``fit.json`` into ``out_dir``."""
-    from .schools_kl import SNAPSHOT_FILE, Snapshots
-    from .train import fit, setup
-
-    out = Path(out_dir)
-    model, batches, data_gen = setup(run)
-    out.mkdir(parents=True, exist_ok=True)
-    snapshots = Snapshots(model, run, out / SNAPSHOT_FILE)
-    t0 = time.perf_counter()
-    if 0 not in snapshots.samples:
-        snapshots.take(0)               # the model as built (a resumed fit's model is this one until it loads)
-    fit(model, batches, data_gen, run, out, progress, on_step=snapshots)
-    seconds = time.perf_counter() - t0
-    if snapshots.missing():             # e.g. resumed from a finished checkpoint after snapshots.npz was deleted
-        print(f"[avb] {out / SNAPSHOT_FILE}: no snapshot at iterations {snapshots.missing()} (delete checkpoint.pt "
-              f"to retrain them)", flush=True)
-    samples = draw(model, run["n_samples"], run["seed"] + 2)
-    elbo, elbo_se = elbo_estimate(model, min(run["n_samples"], 10000), run["seed"] + 3)
-    with io.atomic_path(out / "samples.npz") as tmp, open(tmp, "wb") as f:
-        np.savez(f, samples=samples)
-    info = {"method": run["method"], "steps": run["train"]["steps"], "train_seconds": seconds, "elbo": elbo,
-            "elbo_se": elbo_se, "elbo_is_bound": model.elbo_is_bound,
-            "snapshot_iterations": sorted(snapshots.samples), "run": run}
-    io.write_json(info, out / "fit.json")
-    return info

@@ -1,6 +1,6 @@
 """Figure 3 of the paper for eight schools: KL(method || HMC posterior) against training iterations.
 
-* Snapshots (``Snapshots``, used by ``avb.schools.fit_method`` as the ``on_step`` callback of ``avb.train.fit``):
+* Snapshots (``Snapshots``, used by ``avb.schools_fit.fit_method`` as the ``on_step`` callback of ``avb.train.fit``):
   at iteration 0, every ``schools.kl_every`` iterations and at the last, ``schools.kl_samples`` posterior draws of
   the model, with a seed of their own inside ``torch.random.fork_rng``, so training's random streams, results and
   bit-identical resumption are untouched. They go to ``snapshots.npz`` in the run folder, rewritten atomically after

@@ -12,7 +12,7 @@ from torch import nn
 
 from avb import config as avb_config
 from avb import experiments as ex
-from avb import kde, quadrature, toy
+from avb import kde, quadrature, toy, toy_eval
 from avb import train as tr
 from avb.objectives import log_normal
 from avb.report import latex, published, table1
@@ -271,8 +271,8 @@ def test_evaluate_and_report_write_the_table_and_figure(trained, tmp_path):
     settings = {"grid_size": 200, "n_samples": 3000, "kde_samples": 3000, "device": "cpu"}
     evals, npzs = [], []
     for m in toy.METHODS:
-        summary, arrays = toy.evaluate(trained[m], settings)
-        toy.write_eval(summary, arrays, tmp_path / f"{m}.json", tmp_path / f"{m}.npz")
+        summary, arrays = toy_eval.evaluate(trained[m], settings)
+        toy_eval.write_eval(summary, arrays, tmp_path / f"{m}.json", tmp_path / f"{m}.npz")
         evals.append(str(tmp_path / f"{m}.json"))
         npzs.append(str(tmp_path / f"{m}.npz"))
     out = {k: str(tmp_path / f"summary.{k}") for k in ("csv", "md", "png", "pdf")}

@@ -46,8 +46,9 @@ def run(a: argparse.Namespace) -> None:
     threads(a.threads)
     cfg = section("schools", settings(a.config), f"schools settings {a.config or ''}")
     if a.schools_cmd == "fit":
+        from ..schools_fit import fit_method
         gpu_slot(cfg["device"])
-        info = schools.fit_method(schools.run_config(cfg, a.method), a.out)
+        info = fit_method(schools.run_config(cfg, a.method), a.out)
         print(json.dumps({k: v for k, v in info.items() if k != "run"}))
     elif a.schools_cmd == "gold":
         d = schools.gold_standard(cfg, a.out_npz, a.out_json)

@@ -41,7 +41,7 @@ def run(a: argparse.Namespace) -> None:
         print(train(cfg, a.out))
     elif a.toy_cmd == "evaluate":
         from ..config import section
-        from ..toy import evaluate, write_eval
+        from ..toy_eval import evaluate, write_eval
         ev = section("toy.eval", settings(a.config), f"toy eval settings {a.config or ''}")
         gpu_slot(ev["device"])
         summary, arrays = evaluate(a.model, ev)

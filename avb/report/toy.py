@@ -1,4 +1,4 @@
-"""The toy report (``avb toy report``): the summary table of the evaluations (``avb.toy.evaluate``), its Markdown
+"""The toy report (``avb toy report``): the summary table of the evaluations (``avb.toy_eval.evaluate``), its Markdown
 with the estimators explained, the latent-space figure and, optionally, the Table 1 replica (``avb.report.table1``).
 """
 from __future__ import annotations
