@@ -48,3 +48,23 @@ def test_environment_yml_mirrors_constraints():
 def test_make_setup_uses_the_constraints():
     assert re.search(r"pip install .*-c constraints\.txt", (ROOT / "Makefile").read_text()), \
         "Makefile: `make setup` must install with -c constraints.txt"
+
+
+
+def _package(path: Path) -> str:
+    return ".".join(path.relative_to(ROOT).parts)
+
+
+def test_every_folder_of_the_package_is_installed():
+    """pyproject lists the packages by name: a folder of avb/ left out of it (avb/commands once) is missing from a
+    wheel, so `avb` fails to import there, though an editable install hides it; likewise a data file that no
+    package-data pattern covers (the LaTeX templates)."""
+    setuptools = tomllib.loads((ROOT / "pyproject.toml").read_text())["tool"]["setuptools"]
+    files = [p for p in (ROOT / "avb").rglob("*") if p.is_file() and "__pycache__" not in p.parts]
+    folders = {_package(p.parent) for p in files}
+    missing = folders - set(setuptools["packages"])
+    assert not missing, f"pyproject.toml [tool.setuptools] packages lacks {sorted(missing)}"
+    declared = {(pkg, "." + pattern.rsplit(".", 1)[-1])
+                for pkg, patterns in setuptools.get("package-data", {}).items() for pattern in patterns}
+    data = {(_package(p.parent), p.suffix) for p in files if p.suffix != ".py"}
+    assert data <= declared, f"data files no package-data pattern covers: {sorted(data - declared)}"
