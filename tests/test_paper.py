@@ -88,7 +88,7 @@ def test_every_figure_of_the_document_has_a_caption(tmp_path):
 
 def test_paper_templates_are_package_data():
     data = tomllib.loads((Path(__file__).resolve().parents[1] / "pyproject.toml").read_text())
-    patterns = data["tool"]["setuptools"]["package-data"]["avb.report"]
+    patterns = data["tool"]["setuptools"]["package-data"]["avb.report.templates"]
     for path in (latex.HEADER, latex.FILTER):
         assert path.is_file() and any(path.match(pattern) for pattern in patterns), path
 
