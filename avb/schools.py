@@ -20,8 +20,8 @@ every method sees a "decoder" log p(y|z) and the standard prior, like the image 
 * AVB and AVB + AC (``avb.experiments.build``): the notebook's sampler and residual adversary as an
   ``avb.objectives.AVB`` model, trained by ``avb.train.fit`` on a dummy (empty) x (``avb.schools_fit.fit_method``);
   with AC, r is a Gaussian with the stop-gradient batch moments of z (sigma = std + 1e-6 as the notebook, or
-  sqrt(var + floor) as the MNIST code: ``ac_floor_mode``). For AC the notebook's logit also carries + sum log sigma (its A estimates
-  log q(z) rather than log q~(z_bar)); that per-batch constant is left out here.
+  sqrt(var + floor) as the MNIST code: ``ac_floor_mode``). For AC the notebook's logit also carries + sum log sigma
+  (its A estimates log q(z) rather than log q~(z_bar)); that per-batch constant is left out here.
 * Metrics (``avb.report.schools.summarize``, with the report's table and figure): absolute errors of the posterior
   means and standard deviations per parameter against the exact reference; the energy distance to gold-standard HMC
   draws (coordinates standardised by the exact posterior standard deviations) with its sampling noise floor, the

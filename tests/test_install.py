@@ -50,7 +50,6 @@ def test_make_setup_uses_the_constraints():
         "Makefile: `make setup` must install with -c constraints.txt"
 
 
-
 def _package(path: Path) -> str:
     return ".".join(path.relative_to(ROOT).parts)
 

@@ -35,8 +35,9 @@ def block(run_dir: str | Path) -> str:
              *_table(COMPACT_HEAD, [[r[k] for k in COMPACT] for r in rows]), "",
              "Ours ± : 95 % interval (one seed: 1.96 × the standard error over test images). ≈: uses the "
              "adversary's KL estimate, not a bound. " + published.SOURCE[0].upper() + published.SOURCE[1:] + "."]
-    if tables.ais_below_iwae(agg):
-        lines += ["", tables.ais_below_iwae(agg)]
+    note = tables.ais_below_iwae(agg)
+    if note:
+        lines += ["", note]
     claims_csv = run / "claims.csv"
     if claims_csv.exists():
         c = pd.read_csv(claims_csv)

@@ -50,8 +50,9 @@ def markdown(df: pd.DataFrame) -> str:
                  + (" VAE + IAF: q is the flow (its density exact); auxiliary VAE: the joint q(a, z|x) with "
                     "r(a|x~, z) in the numerator, a bound on log p(x) too." if df.method.isin(["iaf", "auxvae"]).any()
                     else ""))
-    if ais_below_iwae(df):
-        lines += ["", ais_below_iwae(df)]
+    note = ais_below_iwae(df)
+    if note:
+        lines += ["", note]
     sim = df[df.bdmc_images.fillna(0) > 0]
     if len(sim):
         lines += ["", "AIS accuracy check: BDMC sandwich on images simulated from each model, with the same AIS "
@@ -212,8 +213,9 @@ def table2_markdown(agg: pd.DataFrame) -> str:
               "as every row above): their rows above show the quoted literature values in the paper's columns, "
               "marked [literature, quoted by the paper], with no difference computed. Source: "
               + published.SOURCE + "."]
-    if ais_below_iwae(agg):
-        lines += ["", ais_below_iwae(agg)]
+    note = ais_below_iwae(agg)
+    if note:
+        lines += ["", note]
     return "\n".join(lines) + "\n"
 
 
